@@ -1,0 +1,67 @@
+"""SigLIP (sigmoid loss) on the embedded shapes dataset: the quickstart default.
+
+    python -m experiments.train --config configs/siglip_shapes.py --workdir runs/siglip_shapes
+    python -m experiments.train --config configs/siglip_shapes.py:tiny --workdir /tmp/tiny   # < 1 s/step on CPU
+
+Variants: "" (default, CPU-sized), "tiny" (a few steps, for tests and debugging).
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config(arg: str = "") -> ConfigDict:
+    c = ConfigDict()
+    c.task = "contrastive"
+    c.total_steps = 3000
+    c.batch_size = 256
+    c.seed = 0
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.grad_accum_steps = 1
+    c.ema_decay = 0.0            # > 0 keeps an EMA of the parameters, used for evaluation
+    c.max_nonfinite_steps = 20   # skipped (non-finite) steps tolerated before training stops
+    c.checkpoint_async = True
+    c.progress = True
+    c.profile = ConfigDict(dict(start_step=-1, num_steps=3))  # jax.profiler trace into WORKDIR/profile
+
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
+
+    c.optimizer = ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=200, end_lr_fraction=0.0,
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip_norm=1.0,
+        freeze="",                                           # regex over param paths, e.g. "img/.*" (LiT)
+        wd_exclude=".*(bias|scale|logit_scale|logit_bias|pos_embedding|probe|cls)"))
+
+    c.data = ConfigDict(dict(
+        source="shapes", seed=0, image_size=32, max_text_len=24, vocab_size=256,
+        tokenizer="",        # path to a SentencePiece .model; "" trains one on the captions (WORKDIR/tokenizer.model)
+        flip=True,           # caption-consistent horizontal flips
+        num_threads=2, prefetch=4))
+
+    c.model = ConfigDict(dict(
+        name="two_tower", loss="sigmoid", embed_dim=128, dtype="float32", remat="none",
+        image=ConfigDict(dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_dim=256, pool="map",
+                              posemb="learn")),
+        text=ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=256, causal=False, pool="eos"))))
+
+    c.eval = ConfigDict(dict(num_examples=512, batch_size=256, templates=("a {}", "a photo of a {}")))
+
+    if arg == "tiny":
+        c.total_steps = 20
+        c.batch_size = 16
+        c.log_every = 2
+        c.eval_every = 10
+        c.checkpoint_every = 5
+        c.optimizer.warmup_steps = 2
+        c.data.image_size = 32
+        c.model.embed_dim = 32
+        c.model.image = ConfigDict(dict(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="map",
+                                        posemb="learn"))
+        c.model.text = ConfigDict(dict(width=32, depth=1, num_heads=2, mlp_dim=64, causal=False, pool="eos"))
+        c.eval.num_examples = 64
+        c.eval.batch_size = 32
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r} for siglip_shapes; use '' or 'tiny'")
+    return c

@@ -1,0 +1,102 @@
+"""Time N compiled train steps of an experiment and print one JSON line.
+
+    python -m experiments.bench --config configs/siglip_shapes.py:tiny --steps 20 [--config.k=v ...]
+
+Fields: examples_per_s, step_ms_median, compile_s, params, flops_per_step (global, from XLA's cost
+analysis of the per-device program x devices), peak_flops and its source, mfu, devices, backend.
+On CPU the peak is measured here with a large f32 matmul on the whole machine; simulated CPU
+devices share that one machine, so their peak is not multiplied by the device count.
+The batch is one real batch from the experiment's loader, reused, so data loading is not timed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+
+from experiments.common import parse
+
+# Published dense peaks per chip (bf16), used when the backend is not CPU.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+              "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+def measure_cpu_peak(n: int = 2048, repeats: int = 10) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times)
+
+
+def device_peak():
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return measure_cpu_peak(), "measured: f32 2048x2048 matmul on this machine"
+    for name, peak in PEAK_FLOPS.items():
+        if name.lower() in dev.device_kind.lower():
+            return peak * jax.device_count(), f"published bf16 peak of {dev.device_kind} x {jax.device_count()}"
+    return float("nan"), f"unknown peak for {dev.device_kind}"
+
+
+def main(argv=None) -> None:
+    args, config = parse(__doc__, lambda p: p.add_argument("--steps", type=int, default=20), argv)
+    import jax
+    import numpy as np
+
+    from jvlm import sharding
+    from jvlm.data.pipeline import split_host_stats
+    from jvlm.train import loop
+    from jvlm.train.step import make_train_step
+
+    workdir = tempfile.mkdtemp(prefix="jvlm_bench_")
+    config.total_steps = max(config.total_steps, 1)
+    task, mesh = loop.build(config, workdir)
+    task.setup()
+    _, shardings, groups, init_state = loop.abstract_state(task, config, mesh)
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    local, _ = split_host_stats(next(task.train_loader(0, jax.process_index(), jax.process_count())))
+    batch = sharding.global_batch(local, mesh)
+    train_step = make_train_step(groups, grad_accum_steps=config.get("grad_accum_steps", 1),
+                                 ema_decay=config.get("ema_decay", 0.0))
+    step_fn = jax.jit(lambda s, b: train_step(s, b, jax.random.fold_in(s.rng, s.step)),
+                      in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+    t = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) * jax.device_count()
+    state, m = compiled(state, batch)  # warm-up
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, m = compiled(state, batch)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    peak, peak_source = device_peak()
+    print(json.dumps({
+        "config": args.config, "backend": jax.default_backend(), "devices": jax.device_count(),
+        "global_batch": config.batch_size, "steps": args.steps,
+        "examples_per_s": config.batch_size / step_s, "step_ms_median": 1e3 * step_s, "compile_s": compile_s,
+        "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+        "flops_per_step": flops, "peak_flops": peak, "peak_source": peak_source,
+        "mfu": flops / step_s / peak,
+    }))
+
+
+if __name__ == "__main__":
+    main()

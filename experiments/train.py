@@ -1,0 +1,29 @@
+"""Train (or resume) an experiment.
+
+    python -m experiments.train --config configs/siglip_shapes.py --workdir runs/siglip [--config.k=v ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from experiments.common import parse
+
+
+def main(argv=None) -> None:
+    args, config = parse(__doc__, lambda p: p.add_argument("--workdir", required=True), argv)
+    from jvlm.config import ConfigError
+    from jvlm.train import loop
+
+    try:
+        loop.run(config, args.workdir)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except loop.TrainingDiverged as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""grain pipelines whose global order is a function of (seed, step) only.
+
+The batch of global step s holds the examples at global positions [s*B, (s+1)*B) of an
+infinite stream: epoch e is a seeded permutation of the source (grain's per-epoch shuffle).
+Process p of P reads positions [s*B + p*B/P, s*B + (p+1)*B/P). So a run on 2 processes and one
+on 1 process see the same global batches, and the iterator state is just the next step, which
+restores across process counts. Per-example augmentation randomness is seeded by (seed, position).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping
+
+import grain
+import numpy as np
+
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+class StepIndexedLoader:
+    """Iterates process-local batches for steps start_step, start_step+1, ..., num_steps-1."""
+
+    def __init__(self, source, *, global_batch: int, seed: int, transform: Transform, start_step: int,
+                 num_steps: int, process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                 num_threads: int = 2, prefetch: int = 4):
+        if global_batch % process_count:
+            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        if len(source) == 0:
+            raise ValueError(f"data source {source!r} is empty")
+        self.global_batch, self.seed = global_batch, seed
+        self.local_batch = global_batch // process_count
+        self.process_index = process_index
+        self.next_step = start_step
+        stream = grain.MapDataset.source(source)
+        stream = (stream.shuffle(seed=seed) if shuffle else stream).repeat()
+        b = self.local_batch
+
+        def element(j: int) -> dict:
+            step, r = divmod(j, b)
+            pos = step * global_batch + process_index * b + r
+            return transform(stream[pos], np.random.default_rng((seed, pos)))
+
+        local = grain.MapDataset.range(start_step * b, max(num_steps, start_step) * b).map(element).batch(b)
+        options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * b)
+        self._iter = iter(local.to_iter_dataset(options))
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._iter)
+        self.next_step += 1
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serializable; independent of the number of processes."""
+        return {"next_step": self.next_step, "seed": self.seed, "global_batch": self.global_batch}
+
+
+def fixed_batches(source, *, batch_size: int, num_examples: int, transform: Transform, seed: int = 0):
+    """Deterministic evaluation batches over the first `num_examples` of `source`, in order.
+
+    The last batch is padded by repeating examples; `_valid` marks the real rows.
+    """
+    n = min(num_examples, len(source))
+    for start in range(0, n, batch_size):
+        idx = [min(i, n - 1) for i in range(start, start + batch_size)]
+        rows = [transform(source[i], np.random.default_rng((seed, i))) for i in idx]
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        batch["_valid"] = np.array([start + i < n for i in range(batch_size)])
+        yield batch
+
+
+def split_host_stats(batch: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Keys starting with '_' stay on the host (counters such as truncated texts)."""
+    device = {k: v for k, v in batch.items() if not k.startswith("_")}
+    host = {k: v for k, v in batch.items() if k.startswith("_")}
+    return device, host
+

@@ -1,0 +1,45 @@
+"""What a model family provides to the generic loop. Tasks are the only place a family's pieces meet."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from jvlm.data.pipeline import StepIndexedLoader
+from jvlm.train.step import ParamGroup
+
+
+class Task(abc.ABC):
+    # Top-level config keys this task reads beyond jvlm.config.COMMON_KEYS.
+    optional_keys: tuple[str, ...] = (
+        "grad_accum_steps", "ema_decay", "max_nonfinite_steps", "profile", "eval", "checkpoint_async", "progress")
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
+        self.config, self.workdir = config, workdir
+
+    @abc.abstractmethod
+    def validate(self) -> None:
+        """Task-specific config checks; raise jvlm.config.ConfigError naming the key and the fix."""
+
+    def setup(self) -> None:
+        """Host-side preparation before anything is traced (e.g. training a tokenizer)."""
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array) -> tuple[dict[str, Any], Any]:
+        """Pure: -> (params by group, with nn.LogicallyPartitioned leaves; model_state)."""
+
+    @abc.abstractmethod
+    def param_groups(self, params: dict[str, Any]) -> list[ParamGroup]:
+        """One ParamGroup (loss + optimizer) per parameter group; `params` may be abstract."""
+
+    @abc.abstractmethod
+    def train_loader(self, start_step: int, process_index: int, process_count: int) -> StepIndexedLoader:
+        ...
+
+    def evaluate(self, state, mesh: Mesh) -> dict[str, float]:
+        """Eval metrics named `eval/...`; default none."""
+        return {}

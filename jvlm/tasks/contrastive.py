@@ -1,0 +1,171 @@
+"""Contrastive image-text pretraining (SigLIP / CLIP / LiT) on the spine."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jvlm import sharding
+from jvlm.config import ConfigError, check_choice
+from jvlm.data import shapes
+from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
+from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer
+from jvlm.models.two_tower import TwoTower
+from jvlm.objectives import contrastive
+from jvlm.tasks.base import Task
+from jvlm.train import optim
+from jvlm.train.step import LossOutput, ParamGroup
+
+
+def images_to_float(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [-1, 1]; done on device so the host ships 4x fewer bytes."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+class ContrastiveTask(Task):
+    def validate(self) -> None:
+        c, m = self.config, self.config.model
+        check_choice("model.loss", m.loss, ("sigmoid", "softmax"))
+        check_choice("data.source", c.data.source, ("shapes",))
+        size, patch = c.data.image_size, m.image.patch_size
+        if size % patch:
+            raise ConfigError(
+                f"config.data.image_size={size} is not divisible by config.model.image.patch_size={patch}; "
+                f"pick a patch size that divides the image size (e.g. {_divisor_hint(size, patch)}).")
+        for tower in ("image", "text"):
+            t = m[tower]
+            if t.width % t.num_heads:
+                raise ConfigError(f"config.model.{tower}.width={t.width} is not divisible by "
+                                  f"config.model.{tower}.num_heads={t.num_heads}.")
+        if not 32 <= size <= 256:
+            raise ConfigError(f"config.data.image_size={size} is outside the shapes dataset's range 32..256.")
+
+    def setup(self) -> None:
+        d = self.config.data
+        if d.tokenizer:
+            self.tokenizer = Tokenizer(d.tokenizer)
+        else:  # train on the captions once; the file in the workdir pins it for resumed runs
+            path = os.path.join(self.workdir, "tokenizer.model")
+            if jax.process_index() == 0:
+                shapes_tokenizer(path, vocab_size=d.vocab_size, seed=self.config.seed)
+            multihost_utils.sync_global_devices("jvlm_tokenizer")
+            self.tokenizer = Tokenizer(path)
+        if self.tokenizer.vocab_size > d.vocab_size:
+            raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but config.data.vocab_size="
+                              f"{d.vocab_size}; raise data.vocab_size to at least {self.tokenizer.vocab_size}.")
+
+    @property
+    def model(self) -> TwoTower:
+        c = self.config
+        m = c.model
+        return TwoTower(
+            image=dict(m.image), text=dict(m.text) | dict(vocab_size=c.data.vocab_size, max_len=c.data.max_text_len),
+            embed_dim=m.embed_dim, loss=m.loss, dtype=jnp.dtype(m.dtype), remat=m.remat)
+
+    def _dummy_batch(self):
+        d = self.config.data
+        return (jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32),
+                jnp.zeros((1, d.max_text_len), jnp.int32))
+
+    def init(self, rng):
+        variables = self.model.init(rng, *self._dummy_batch())
+        return {"main": variables["params"]}, {}
+
+    def param_groups(self, params) -> list[ParamGroup]:
+        tx, schedule, frozen = optim.make_optimizer(self.config.optimizer, params["main"], self.config.total_steps)
+        return [ParamGroup("main", self.loss_fn, tx, schedule, frozen)]
+
+    def loss_fn(self, params, batch, rng, ctx) -> LossOutput:
+        zimg, ztxt, scale, bias = self.model.apply({"params": params["main"]}, images_to_float(batch["image"]),
+                                                   batch["text"])
+        if self.config.model.loss == "sigmoid":
+            loss = contrastive.sigmoid_loss(zimg, ztxt, scale, bias)
+            return LossOutput(loss, {"temperature": jnp.exp(scale), "bias": bias})
+        loss = contrastive.softmax_contrastive_loss(zimg, ztxt, scale)
+        return LossOutput(loss, {"temperature": jnp.exp(scale)})
+
+    def transform(self, example: dict, rng: np.random.Generator) -> dict:
+        if self.config.data.flip and rng.random() < 0.5:
+            example = shapes.flip_horizontal(example)  # swaps left/right in the caption too
+        tokens, truncated = self.tokenizer.encode(example["caption"], self.config.data.max_text_len)
+        return {"image": example["image"], "text": tokens, "_truncated": np.asarray(truncated)}
+
+    def _source(self, split: str):
+        d = self.config.data
+        return shapes.ShapesSource(split, image_size=d.image_size, seed=d.seed)
+
+    def train_loader(self, start_step, process_index, process_count):
+        c = self.config
+        return StepIndexedLoader(
+            self._source("train"), global_batch=c.batch_size, seed=c.seed, transform=self.transform,
+            start_step=start_step, num_steps=c.total_steps, process_index=process_index,
+            process_count=process_count, num_threads=c.data.num_threads, prefetch=c.data.prefetch)
+
+    # ---------------------------------------------------------------- evaluation
+    def _local_rows(self, batch: dict) -> dict:
+        n = batch["image"].shape[0] // jax.process_count()
+        i = jax.process_index()
+        return {k: v[i * n:(i + 1) * n] for k, v in batch.items() if not k.startswith("_")}
+
+    def _encode(self, params, mesh, split: str, num: int, *, text: bool):
+        """Embeddings (and labels) of the first `num` examples of a split, computed sharded."""
+        c = self.config
+        bs = c.eval.batch_size
+        fn = self._jit_encoders()
+        img_out, txt_out, labels = [], [], []
+        plain = lambda ex, rng: {"image": ex["image"], "label": np.int32(ex["label"]),  # noqa: E731
+                                 "text": self.tokenizer.encode(ex["caption"], c.data.max_text_len)[0]}
+        for batch in fixed_batches(self._source(split), batch_size=bs, num_examples=num, transform=plain):
+            valid = batch["_valid"]
+            g = sharding.global_batch(self._local_rows(batch), mesh)
+            img_out.append(np.asarray(jax.device_get(fn["image"](params, g["image"])))[valid])
+            if text:
+                txt_out.append(np.asarray(jax.device_get(fn["text"](params, g["text"])))[valid])
+            labels.append(batch["label"][valid])
+        return (np.concatenate(img_out), np.concatenate(txt_out) if text else None, np.concatenate(labels))
+
+    def _jit_encoders(self):
+        if not hasattr(self, "_encoders"):
+            model = self.model
+            self._encoders = {
+                "image": jax.jit(lambda p, x: model.apply({"params": p}, images_to_float(x),
+                                                          method=TwoTower.encode_image)),
+                "text": jax.jit(lambda p, t: model.apply({"params": p}, t, method=TwoTower.encode_text)),
+            }
+        return self._encoders
+
+    def class_embeddings(self, params, mesh) -> np.ndarray:
+        """One embedding per colour x shape class: the mean over prompt templates, re-normalized."""
+        templates = tuple(self.config.eval.templates)
+        names = shapes.class_names()
+        prompts = [t.format(name) for name in names for t in templates]
+        tokens = np.stack([self.tokenizer.encode(p, self.config.data.max_text_len)[0] for p in prompts])
+        pad = (-len(tokens)) % sharding.data_parallel_size(mesh.shape)
+        tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
+        g = sharding.global_batch(self._local_rows({"text": tokens}), mesh)
+        emb = np.asarray(jax.device_get(self._jit_encoders()["text"](params, g["text"])))[:len(prompts)]
+        emb = emb.reshape(len(names), len(templates), -1).mean(1)
+        return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+
+    def evaluate(self, state, mesh) -> dict[str, Any]:
+        params = (state.ema_params or state.params)["main"]
+        n = self.config.eval.num_examples
+        classes = self.class_embeddings(params, mesh)
+        out = {}
+        for split, key in (("zeroshot_seen", "zeroshot"), ("zeroshot_unseen", "zeroshot_unseen")):
+            zimg, _, labels = self._encode(params, mesh, split, n, text=False)
+            ranks = np.argsort(-(zimg @ classes.T), axis=1)
+            out[f"eval/{key}_top1"] = float(np.mean(ranks[:, 0] == labels))
+            if key == "zeroshot":
+                out[f"eval/{key}_top5"] = float(np.mean((ranks[:, :5] == labels[:, None]).any(1)))
+        return out
+
+
+def _divisor_hint(size: int, patch: int) -> int:
+    divisors = [d for d in range(1, size + 1) if size % d == 0]
+    return min(divisors, key=lambda d: abs(d - patch))

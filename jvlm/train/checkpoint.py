@@ -1,0 +1,71 @@
+"""Orbax checkpoints of the whole train state plus the data iterator state.
+
+- Two items per step: `state` (the TrainState pytree, params/opt/rng/step) and `data` (JSON).
+- Restore goes through an abstract state that carries the *current* shardings, so a checkpoint
+  written on 8 devices restores on 1 and vice versa.
+- A latest checkpoint that fails to restore (truncated, corrupt) is reported, moved aside to
+  `checkpoints_corrupt/`, and the previous good one is used. Orbax refuses to write a step that
+  already exists, so nothing is silently overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        if step in self._manager.all_steps():
+            raise FileExistsError(
+                f"a checkpoint for step {step} already exists in {self.directory}; refusing to overwrite it.")
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        """Newest restorable (step, state, data_state); None if there is no checkpoint."""
+        for step in reversed(self.steps()):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                return step, restored["state"], dict(restored["data"])
+            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                self._quarantine(step, e)
+        return None
+
+    def _quarantine(self, step: int, error: Exception) -> None:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt", f"{step}-{int(time.time())}")
+        msg = (f"checkpoint at step {step} could not be restored ({type(error).__name__}: "
+               f"{str(error).splitlines()[0][:300] if str(error) else ''}); moved to {dst}; "
+               f"falling back to the previous checkpoint.")
+        log.error(msg)
+        print(f"WARNING: {msg}", flush=True)
+        if jax.process_index() == 0 and os.path.exists(src):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.move(src, dst)
+        self._manager.reload()
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,204 @@
+"""The generic training loop: `run(config, workdir)` is importable and usable from a notebook.
+
+Load priority: the workdir's own latest good checkpoint -> fresh init. A restart whose config
+differs from the saved config.json (beyond run length and logging cadence) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jvlm import config as config_lib
+from jvlm import sharding
+from jvlm.data.pipeline import split_host_stats
+from jvlm.tasks import get_task_class
+from jvlm.train.checkpoint import Checkpointer
+from jvlm.train.metrics import MetricsWriter, Progress
+from jvlm.train.state import TrainState
+from jvlm.train.step import make_train_step
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | None, devices=None):
+    """Validates the config and builds (task, mesh). Nothing is compiled yet."""
+    devices = list(devices) if devices is not None else jax.devices()
+    config_lib.validate_common(config, len(devices))
+    task = get_task_class(config.task)(config, workdir)
+    unknown = set(config.keys()) - set(config_lib.COMMON_KEYS) - set(task.optional_keys)
+    if unknown:
+        raise config_lib.ConfigError(
+            f"unknown top-level config keys {sorted(unknown)}; the {config.task!r} task reads "
+            f"{sorted(set(config_lib.COMMON_KEYS) | set(task.optional_keys))}.")
+    task.validate()
+    return task, sharding.make_mesh(config.mesh, devices)
+
+
+def abstract_state(task, config, mesh):
+    """(abstract TrainState with shardings, shardings, param groups): nothing is materialized."""
+    rng = jax.random.PRNGKey(config.seed)
+    boxed_params, _ = jax.eval_shape(task.init, rng)
+    param_shardings = sharding.logical_shardings(boxed_params, mesh)
+    params = _unbox(boxed_params)
+    groups = task.param_groups(params)
+
+    def init_state(rng):
+        boxed, model_state = task.init(rng)
+        p = _unbox(boxed)
+        opt = {g.name: g.tx.init(p[g.name]) for g in groups}
+        return TrainState.create(p, opt, model_state, rng, use_ema=config.get("ema_decay", 0.0) > 0)
+
+    abstract = jax.eval_shape(init_state, rng)
+    rep = sharding.replicated(mesh)
+    shardings = TrainState(
+        step=rep, params=param_shardings,
+        opt_state=sharding.shard_like_params(abstract.opt_state, param_shardings, mesh),
+        model_state=jax.tree.map(lambda _: rep, abstract.model_state),
+        ema_params=param_shardings if abstract.ema_params is not None else None,
+        rng=rep, nonfinite_count=rep)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings, groups, init_state
+
+
+def _unbox(tree):
+    from flax.core import meta
+    return meta.unbox(tree)
+
+
+def _prepare_workdir(config, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    current = config_lib.to_dict(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        diffs = config_lib.config_differences(saved, current)
+        if diffs:
+            raise config_lib.ConfigError(
+                f"{workdir} holds a run with a different config; refusing to resume it. Differences "
+                f"(saved -> now):\n  " + "\n  ".join(diffs) +
+                f"\nUse a new --workdir, or restore the original settings. Only "
+                f"{', '.join(config_lib.RESUMABLE_DIFFERENCES)} may change on resume.")
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(current, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+class _StopFlag:
+    """SIGTERM (preemption notice) -> save a checkpoint at the next step boundary and exit."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside a notebook worker)
+            pass
+
+    def _handle(self, *_):
+        self.requested = True
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the experiment in `workdir`; returns the last logged metrics."""
+    task, mesh = build(config, workdir)
+    primary = jax.process_index() == 0
+    name = os.path.basename(os.path.normpath(workdir))
+    _prepare_workdir(config, workdir)
+    task.setup()
+
+    abstract, shardings, groups, init_state = abstract_state(task, config, mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                        async_save=config.get("checkpoint_async", True))
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        start_step, state, data_state = restored
+        if data_state.get("next_step") != start_step:
+            raise RuntimeError(f"checkpoint {start_step}: data iterator state {data_state} does not match the step.")
+        _say(primary, f"resumed from checkpoint at step {start_step} in {ckpt.directory}")
+    else:
+        start_step = 0
+        state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+        _say(primary, f"starting fresh: {_count(state.params):,} parameters, mesh {dict(mesh.shape)}")
+
+    train_step = make_train_step(groups, grad_accum_steps=config.get("grad_accum_steps", 1),
+                                 ema_decay=config.get("ema_decay", 0.0))
+
+    def step_fn(state, batch):
+        return train_step(state, batch, jax.random.fold_in(state.rng, state.step))
+
+    jit_step = jax.jit(step_fn, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+    loader = task.train_loader(start_step, jax.process_index(), jax.process_count())
+    writer = MetricsWriter(workdir, start_step=start_step, enabled=primary)
+    progress = Progress(config.total_steps, name, enabled=primary and config.get("progress", True))
+    stop = _StopFlag()
+    profile = config.get("profile", None)
+    max_nonfinite = config.get("max_nonfinite_steps", 20)
+    last, truncated, t_log, step_log = {}, 0, time.perf_counter(), start_step
+    try:
+        for step in range(start_step, config.total_steps):
+            if profile is not None and step == profile.start_step:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            local, host = split_host_stats(next(loader))
+            truncated += int(np.sum(host.get("_truncated", 0)))
+            state, metrics = jit_step(state, sharding.global_batch(local, mesh))
+            done = step + 1
+            if profile is not None and done == profile.start_step + profile.num_steps:
+                jax.profiler.stop_trace()
+            if step == start_step:  # exclude compilation from throughput
+                jax.block_until_ready(state.step)
+                progress.start(done)
+                t_log, step_log = time.perf_counter(), done
+            if done % config.log_every == 0 or done == config.total_steps:
+                metrics = jax.device_get(metrics)
+                now = time.perf_counter()
+                rate = (done - step_log) * config.batch_size / (now - t_log) if done > step_log else float("nan")
+                t_log, step_log = now, done
+                last = {k: float(np.asarray(v)) for k, v in metrics.items()}
+                last["examples_per_s"] = rate
+                last["nonfinite_count"] = int(jax.device_get(state.nonfinite_count))
+                last["data/truncated_texts"] = truncated
+                writer.write(done, last)
+                progress.show(done, last, rate)
+                if last["nonfinite_count"] > max_nonfinite:
+                    raise TrainingDiverged(
+                        f"{last['nonfinite_count']} steps were skipped because the loss or gradients were not "
+                        f"finite (max_nonfinite_steps={max_nonfinite}). Lower optimizer.learning_rate, set "
+                        f"optimizer.grad_clip_norm, or train in float32 (model.dtype).")
+            if done % config.eval_every == 0 or done == config.total_steps:
+                evals = task.evaluate(state, mesh)
+                if evals:
+                    writer.write(done, evals)
+                    last.update(evals)
+                    _say(primary, "  ".join(f"{k}={v:.4g}" for k, v in evals.items()))
+            if done % config.checkpoint_every == 0 or done == config.total_steps or stop.requested:
+                ckpt.save(done, state, loader.get_state())
+            if stop.requested:
+                _say(primary, f"SIGTERM: saved checkpoint at step {done}; exiting.")
+                break
+    finally:
+        ckpt.close()
+        writer.close()
+    return last
+
+
+def _count(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def _say(primary: bool, msg: str) -> None:
+    if primary:
+        print(msg, file=sys.stderr, flush=True)
+

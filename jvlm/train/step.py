@@ -1,0 +1,145 @@
+"""The reusable train step: `train_step(state, batch, rng) -> (state, metrics)`.
+
+It knows nothing about model families. A family supplies one or more `ParamGroup`s, each a
+pure loss function with its own optimizer:
+
+    loss_fn(params, batch, rng, ctx) -> LossOutput(loss, metrics, model_state)
+
+`params` is the dict of *all* groups (the loss of group g is differentiated w.r.t. group g
+only); `ctx` carries the step number (for GAN start steps, Gumbel temperatures, ...) and the
+non-gradient `model_state`. Groups are updated in order within one step, each seeing the
+groups updated before it (a GAN's discriminator then generator), or only every `every` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jvlm.train.state import TrainState
+
+
+class StepContext(NamedTuple):
+    step: jax.Array        # int32 scalar, the number of completed steps before this one
+    model_state: Any       # non-gradient variables (read-only input; return updates in LossOutput)
+
+
+class LossOutput(NamedTuple):
+    loss: jax.Array
+    metrics: dict = {}
+    model_state: Any = None   # None: unchanged
+
+
+LossFn = Callable[[dict, dict, jax.Array, StepContext], LossOutput]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroup:
+    name: str
+    loss_fn: LossFn
+    tx: optax.GradientTransformation
+    schedule: Callable[[Any], Any] | None = None   # for the learning_rate metric
+    frozen: Any = None                              # bool tree like params[name]: never updated
+    every: int = 1                                  # update this group every `every` steps
+
+
+def _split_microbatches(batch: dict, k: int) -> dict:
+    # Row j*k+i goes to micro-batch i, so each device keeps its own rows (no resharding).
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch dim {x.shape[0]} is not divisible by grad_accum_steps={k}")
+        return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _tree_select(pred, on_true, on_false):
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_decay: float = 0.0):
+    """Builds the pure train step. Wrap it in `jax.jit(..., donate_argnums=0)` with shardings."""
+
+    def group_grads(state: TrainState, params: dict, model_state, group: ParamGroup, batch, rng):
+        frozen = group.frozen if group.frozen is not None else jax.tree.map(lambda _: False, params[group.name])
+
+        def loss_of(own):
+            own = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, own, frozen)
+            others = {k: jax.lax.stop_gradient(v) for k, v in params.items() if k != group.name}
+            return others | {group.name: own}
+
+        def micro(ms, mb, mrng):
+            def f(own):
+                out = group.loss_fn(loss_of(own), mb, mrng, StepContext(state.step, ms))
+                return out.loss, out
+            (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params[group.name])
+            new_ms = ms if out.model_state is None else out.model_state
+            return loss, dict(out.metrics), new_ms, grads
+
+        if grad_accum_steps == 1:
+            return micro(model_state, batch, rng)
+
+        mbs = _split_microbatches(batch, grad_accum_steps)
+        first = jax.tree.map(lambda x: x[0], mbs)
+        shapes = jax.eval_shape(micro, model_state, first, rng)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0], shapes[1], shapes[3]))
+
+        def body(carry, i_mb):
+            i, mb = i_mb
+            acc, ms = carry
+            loss, metrics, ms, grads = micro(ms, mb, jax.random.fold_in(rng, i))
+            acc = jax.tree.map(lambda a, x: a + x / grad_accum_steps, acc, (loss, metrics, grads))
+            return (acc, ms), None
+
+        ((loss, metrics, grads), model_state), _ = jax.lax.scan(
+            body, (zeros, model_state), (jnp.arange(grad_accum_steps), mbs))
+        return loss, metrics, model_state, grads
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        params, opt_state, model_state = dict(state.params), dict(state.opt_state), state.model_state
+        metrics, all_ok = {}, jnp.array(True)
+        for gi, group in enumerate(groups):
+            grng = jax.random.fold_in(rng, gi)
+            loss, gmetrics, new_ms, grads = group_grads(state, params, model_state, group, batch, grng)
+            grad_norm = optax.tree.norm(grads)
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(gmetrics)
+            if group.every > 1:
+                ok_update = ok & (state.step % group.every == 0)
+            else:
+                ok_update = ok
+            updates, new_opt = group.tx.update(grads, opt_state[group.name], params[group.name])
+            new_params = optax.apply_updates(params[group.name], updates)
+            if group.frozen is not None:  # frozen leaves pass through untouched (bit-identical)
+                new_params = jax.tree.map(lambda f, old, new: old if f else new,
+                                          group.frozen, params[group.name], new_params)
+            params[group.name] = _tree_select(ok_update, new_params, params[group.name])
+            opt_state[group.name] = _tree_select(ok_update, new_opt, opt_state[group.name])
+            model_state = _tree_select(ok, new_ms, model_state)
+            all_ok = all_ok & ok
+            prefix = "" if gi == 0 else f"{group.name}/"
+            metrics[f"{prefix}loss"] = loss
+            metrics[f"{prefix}grad_norm"] = grad_norm
+            metrics[f"{prefix}param_norm"] = optax.tree.norm(params[group.name])
+            if group.schedule is not None:
+                metrics[f"{prefix}learning_rate"] = jnp.asarray(group.schedule(state.step), jnp.float32)
+            metrics.update({f"{prefix}{k}": v for k, v in gmetrics.items()})
+
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        skipped = (~all_ok).astype(jnp.int32)
+        metrics["nonfinite_skipped"] = skipped
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+            ema_params=ema, nonfinite_count=state.nonfinite_count + skipped)
+        return new_state, metrics
+
+    return train_step

@@ -1,0 +1,165 @@
+"""The reusable train step: sharding equivalence, freezing, accumulation, non-finite guard, groups, EMA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jvlm import sharding
+from jvlm.config import load_config
+from jvlm.train import loop
+from jvlm.train.state import TrainState
+from jvlm.train.step import LossOutput, ParamGroup, make_train_step
+
+
+def contrastive_setup(n_devices, *overrides):
+    cfg = load_config("configs/siglip_shapes.py:tiny", [f"--config.{o}" for o in overrides])
+    task, mesh = loop.build(cfg, None, devices=jax.devices()[:n_devices])
+    _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
+    step = make_train_step(groups, grad_accum_steps=cfg.grad_accum_steps, ema_decay=cfg.ema_decay)
+    fn = jax.jit(lambda s, b: step(s, b, jax.random.fold_in(s.rng, s.step)),
+                 in_shardings=(shardings, None), out_shardings=(shardings, None))
+    return fn, state, mesh
+
+
+def fake_batches(n, batch=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+             "text": np.concatenate([rng.integers(3, 200, (batch, 10)), np.ones((batch, 1)),
+                                     np.zeros((batch, 13))], 1).astype(np.int32)} for _ in range(n)]
+
+
+def train(fn, state, mesh, batches):
+    losses = []
+    for b in batches:
+        state, m = fn(state, sharding.global_batch(b, mesh))
+        losses.append(float(m["loss"]))
+    return state, losses
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_sharded_step_matches_single_device(optimizer):
+    # Parameters are compared after SGD, whose update is linear in the gradient; Adam divides
+    # near-zero gradients by their own magnitude (m/sqrt(v) ~ +-1), which turns last-bit rounding
+    # differences of the reduction order into lr-sized ones, so with Adam only the losses are compared.
+    batches = fake_batches(3)
+    opt = (f"optimizer.name={optimizer}", "optimizer.learning_rate=0.1" if optimizer == "sgd" else "seed=0")
+    s1, l1 = train(*contrastive_setup(1, *opt), batches)
+    s8, l8 = train(*contrastive_setup(8, *opt), batches)
+    np.testing.assert_allclose(l1, l8, rtol=2e-5)
+    assert len(jax.tree.leaves(s8.params)[0].sharding.device_set) == 8  # really spread over 8 devices
+    if optimizer == "sgd":
+        for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_subset_is_bit_identical_and_has_no_optimizer_state():
+    fn, state, mesh = contrastive_setup(8, "optimizer.freeze=img/.*")
+    before = jax.device_get(state.params)
+    state, _ = train(fn, state, mesh, fake_batches(3))
+    after = jax.device_get(state.params)
+    img_b, img_a = jax.tree.leaves(before["main"]["img"]), jax.tree.leaves(after["main"]["img"])
+    assert all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(img_b, img_a))
+    txt_b, txt_a = jax.tree.leaves(before["main"]["txt"]), jax.tree.leaves(after["main"]["txt"])
+    assert any(not np.array_equal(a, b) for a, b in zip(txt_b, txt_a))
+    # adam keeps mu and nu for the trainable leaves only
+    opt_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)]
+    assert not any("'img'" in p for p in opt_paths)
+    assert sum("'txt'" in p for p in opt_paths) == 2 * len(txt_b)
+
+
+def mlp_problem():
+    rng = np.random.default_rng(0)
+    params = {"w1": jnp.asarray(rng.normal(size=(4, 16)), jnp.float32),
+              "w2": jnp.asarray(rng.normal(size=(16, 1)), jnp.float32)}
+    batch = {"x": rng.normal(size=(32, 4)).astype(np.float32), "y": rng.normal(size=(32, 1)).astype(np.float32)}
+
+    def loss_fn(p, b, rng, ctx):
+        pred = jnp.tanh(b["x"] @ p["main"]["w1"]) @ p["main"]["w2"]
+        return LossOutput(jnp.mean((pred - b["y"]) ** 2), {"mse": jnp.mean((pred - b["y"]) ** 2)})
+
+    return params, batch, loss_fn
+
+
+@pytest.mark.parametrize("n_devices", [1, 8])
+def test_grad_accumulation_matches_one_big_batch(n_devices):
+    params, batch, loss_fn = mlp_problem()
+    mesh = sharding.make_mesh({"data": -1}, jax.devices()[:n_devices])
+    tx = optax.adam(1e-2)
+    results = []
+    for k in (1, 4):
+        step = jax.jit(make_train_step([ParamGroup("main", loss_fn, tx)], grad_accum_steps=k))
+        state = TrainState.create({"main": params}, {"main": tx.init(params)}, {}, jax.random.PRNGKey(0), False)
+        gb = sharding.global_batch(batch, mesh)
+        for _ in range(3):
+            state, m = step(state, gb, jax.random.PRNGKey(1))
+        results.append((state, m))
+    (s1, m1), (s4, m4) = results
+    np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m1["grad_norm"]), float(m4["grad_norm"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+    params, batch, loss_fn = mlp_problem()
+    tx = optax.adam(1e-2)
+    step = jax.jit(make_train_step([ParamGroup("main", loss_fn, tx)]))
+    state = TrainState.create({"main": params}, {"main": tx.init(params)}, {}, jax.random.PRNGKey(0), False)
+    bad = dict(batch, x=batch["x"].copy())
+    bad["x"][3, 1] = np.nan
+    new, m = step(state, bad, jax.random.PRNGKey(1))
+    assert int(m["nonfinite_skipped"]) == 1 and int(new.nonfinite_count) == 1 and int(new.step) == 1
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+        assert np.array_equal(a, b)
+    new2, m2 = step(new, batch, jax.random.PRNGKey(1))
+    assert int(m2["nonfinite_skipped"]) == 0 and int(new2.nonfinite_count) == 1
+    assert not np.array_equal(new2.params["main"]["w1"], new.params["main"]["w1"])
+
+
+def test_param_groups_update_in_order_and_on_their_cadence():
+    lr = 0.1
+    tx = optax.sgd(lr)
+    loss_a = lambda p, b, r, c: LossOutput((p["a"]["x"] - 1.0) ** 2)  # noqa: E731
+    loss_b = lambda p, b, r, c: LossOutput((p["b"]["x"] - p["a"]["x"]) ** 2)  # noqa: E731
+    groups = [ParamGroup("a", loss_a, tx), ParamGroup("b", loss_b, tx, every=2)]
+    params = {"a": {"x": jnp.float32(3.0)}, "b": {"x": jnp.float32(0.0)}}
+    state = TrainState.create(params, {g: tx.init(params[g]) for g in params}, {}, jax.random.PRNGKey(0), False)
+    step = jax.jit(make_train_step(groups))
+    s1, m = step(state, {}, jax.random.PRNGKey(0))
+    a1 = 3.0 - lr * 2 * (3.0 - 1.0)
+    b1 = 0.0 - lr * 2 * (0.0 - a1)  # b's loss sees the already-updated a, and sends it no gradient
+    assert float(s1.params["a"]["x"]) == pytest.approx(a1)
+    assert float(s1.params["b"]["x"]) == pytest.approx(b1)
+    s2, _ = step(s1, {}, jax.random.PRNGKey(0))
+    assert float(s2.params["b"]["x"]) == pytest.approx(b1)  # step 1 is odd: b is not updated
+    assert "b/loss" in m and "loss" in m
+
+
+def test_model_state_and_ema():
+    tx = optax.sgd(0.5)
+
+    def loss_fn(p, b, r, ctx):  # a running mean of the inputs, updated by the step (non-gradient state)
+        new = {"mean": 0.9 * ctx.model_state["mean"] + 0.1 * b["x"].mean(), "seen_step": ctx.step}
+        return LossOutput(jnp.sum(p["main"]["w"] ** 2), {}, new)
+
+    params = {"main": {"w": jnp.ones(3)}}
+    state = TrainState.create(params, {"main": tx.init(params["main"])},
+                              {"mean": jnp.float32(0.0), "seen_step": jnp.int32(-1)}, jax.random.PRNGKey(0), True)
+    step = jax.jit(make_train_step([ParamGroup("main", loss_fn, tx)], ema_decay=0.5))
+    s1, _ = step(state, {"x": jnp.full((4,), 2.0)}, jax.random.PRNGKey(0))
+    assert float(s1.model_state["mean"]) == pytest.approx(0.2) and int(s1.model_state["seen_step"]) == 0
+    np.testing.assert_allclose(s1.params["main"]["w"], 0.0)           # w - 0.5 * 2w
+    np.testing.assert_allclose(s1.ema_params["main"]["w"], 0.5)       # 0.5 * 1 + 0.5 * 0
+
+
+def test_bf16_compute_keeps_f32_master_weights_and_remat_matches():
+    batches = fake_batches(2)
+    ref, l_ref = train(*contrastive_setup(8), batches)
+    rem, l_rem = train(*contrastive_setup(8, "model.remat=full"), batches)
+    np.testing.assert_allclose(l_ref, l_rem, rtol=1e-5)
+    bf, l_bf = train(*contrastive_setup(8, "model.dtype=bfloat16"), batches)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf.params))
+    np.testing.assert_allclose(l_ref, l_bf, rtol=5e-2)
