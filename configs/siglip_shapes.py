@@ -35,7 +35,7 @@ def get_config(arg: str = "") -> ConfigDict:
         wd_exclude=".*(bias|scale|logit_scale|logit_bias|pos_embedding|probe|cls)"))
 
     c.data = ConfigDict(dict(
-        source="shapes", seed=0, image_size=32, max_text_len=24, vocab_size=256,
+        source="shapes", seed=0, image_size=32, max_text_len=48, vocab_size=256,
         tokenizer="",        # path to a SentencePiece .model; "" trains one on the captions (WORKDIR/tokenizer.model)
         flip=True,           # caption-consistent horizontal flips
         num_threads=2, prefetch=4))

@@ -108,7 +108,7 @@ class ContrastiveTask(Task):
 
     # ---------------------------------------------------------------- evaluation
     def _local_rows(self, batch: dict) -> dict:
-        n = batch["image"].shape[0] // jax.process_count()
+        n = len(next(iter(batch.values()))) // jax.process_count()
         i = jax.process_index()
         return {k: v[i * n:(i + 1) * n] for k, v in batch.items() if not k.startswith("_")}
 

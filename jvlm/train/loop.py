@@ -145,8 +145,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     progress = Progress(config.total_steps, name, enabled=primary and config.get("progress", True))
     stop = _StopFlag()
     profile = config.get("profile", None)
+    if profile is not None and profile.start_step < 0:
+        profile = None
     max_nonfinite = config.get("max_nonfinite_steps", 20)
-    last, truncated, t_log, step_log = {}, 0, time.perf_counter(), start_step
+    last, truncated, t_log, step_log, paused = {}, 0, time.perf_counter(), start_step, 0.0
     try:
         for step in range(start_step, config.total_steps):
             if profile is not None and step == profile.start_step:
@@ -160,31 +162,36 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if step == start_step:  # exclude compilation from throughput
                 jax.block_until_ready(state.step)
                 progress.start(done)
-                t_log, step_log = time.perf_counter(), done
+                t_log, step_log, paused = time.perf_counter(), done, 0.0
+            row = {}
             if done % config.log_every == 0 or done == config.total_steps:
                 metrics = jax.device_get(metrics)
                 now = time.perf_counter()
-                rate = (done - step_log) * config.batch_size / (now - t_log) if done > step_log else float("nan")
-                t_log, step_log = now, done
-                last = {k: float(np.asarray(v)) for k, v in metrics.items()}
-                last["examples_per_s"] = rate
-                last["nonfinite_count"] = int(jax.device_get(state.nonfinite_count))
-                last["data/truncated_texts"] = truncated
-                writer.write(done, last)
-                progress.show(done, last, rate)
-                if last["nonfinite_count"] > max_nonfinite:
+                rate = (done - step_log) * config.batch_size / (now - t_log - paused) if done > step_log else float("nan")
+                t_log, step_log, paused = now, done, 0.0
+                row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+                row["examples_per_s"] = rate
+                row["nonfinite_count"] = int(jax.device_get(state.nonfinite_count))
+                row["data/truncated_texts"] = truncated
+                progress.show(done, row, rate)
+                if row["nonfinite_count"] > max_nonfinite:
+                    writer.write(done, row)
                     raise TrainingDiverged(
-                        f"{last['nonfinite_count']} steps were skipped because the loss or gradients were not "
+                        f"{row['nonfinite_count']} steps were skipped because the loss or gradients were not "
                         f"finite (max_nonfinite_steps={max_nonfinite}). Lower optimizer.learning_rate, set "
                         f"optimizer.grad_clip_norm, or train in float32 (model.dtype).")
+            t_pause = time.perf_counter()  # evaluation and checkpointing are not training throughput
             if done % config.eval_every == 0 or done == config.total_steps:
                 evals = task.evaluate(state, mesh)
+                row.update(evals)
                 if evals:
-                    writer.write(done, evals)
-                    last.update(evals)
                     _say(primary, "  ".join(f"{k}={v:.4g}" for k, v in evals.items()))
+            if row:
+                writer.write(done, row)
+                last.update(row)
             if done % config.checkpoint_every == 0 or done == config.total_steps or stop.requested:
                 ckpt.save(done, state, loader.get_state())
+            paused += time.perf_counter() - t_pause
             if stop.requested:
                 _say(primary, f"SIGTERM: saved checkpoint at step {done}; exiting.")
                 break

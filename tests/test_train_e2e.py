@@ -1,0 +1,96 @@
+"""The real CLI on the tiny config, 8 simulated devices: outputs, SIGKILL + resume, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, run_cli
+
+from jvlm.config import load_config
+from jvlm.train import loop
+from jvlm.train.checkpoint import Checkpointer
+from jvlm.train.metrics import read_metrics
+
+TINY = ["--config", "configs/siglip_shapes.py:tiny", "--config.eval_every=100"]
+
+
+def train_cmd(workdir, *extra):
+    return ["experiments.train", *TINY, "--workdir", str(workdir), *extra]
+
+
+def final_params(workdir):
+    cfg = load_config("configs/siglip_shapes.py:tiny")
+    task, mesh = loop.build(cfg, None)
+    abstract, *_ = loop.abstract_state(task, cfg, mesh)
+    step, state, _ = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3).restore_latest(abstract)
+    return step, jax.device_get(state)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = run_cli(train_cmd(workdir))
+    return workdir, proc
+
+
+def test_outputs_of_a_run(reference_run):
+    workdir, proc = reference_run
+    assert json.load(open(workdir / "config.json"))["batch_size"] == 16
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == list(range(2, 21, 2))
+    for key in ("loss", "learning_rate", "examples_per_s", "grad_norm", "param_norm"):
+        assert all(key in r for r in rows), key
+    assert "eval/zeroshot_top1" in rows[-1]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [10, 15, 20]
+    assert "step 20/20 (100%)" in proc.stderr and "ex/s" in proc.stderr and "ETA" in proc.stderr
+
+
+def test_sigkill_and_restart_reproduces_the_uninterrupted_run_bitwise(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", *train_cmd(tmp_path)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckdir = tmp_path / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckdir / "10").exists():  # a finished checkpoint, then kill mid-training
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [int(s) for s in os.listdir(ckdir) if s.isdigit()]
+    assert max(done) < 20, "the run finished before it was killed; the test proves nothing"
+    resumed = run_cli(train_cmd(tmp_path))
+    assert "resumed from checkpoint at step" in resumed.stderr
+
+    ref_step, ref = final_params(ref_dir)
+    step, got = final_params(tmp_path)
+    assert ref_step == step == 20
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+        assert np.array_equal(a, b)
+    ref_rows, rows = read_metrics(ref_dir), read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]  # each step once
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+
+
+def test_restart_with_a_different_config_is_refused(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    proc = run_cli(train_cmd(ref_dir, "--config.optimizer.learning_rate=0.5", "--config.seed=3"), check=False)
+    assert proc.returncode == 2
+    assert "refusing to resume" in proc.stderr
+    assert "optimizer.learning_rate: 0.001 -> 0.5" in proc.stderr and "seed: 0 -> 3" in proc.stderr
+
+
+def test_nonfinite_losses_stop_training_with_a_clear_message(tmp_path):
+    proc = run_cli(train_cmd(tmp_path, "--config.optimizer.learning_rate=1e30", "--config.optimizer.grad_clip_norm=0.0",
+                             "--config.max_nonfinite_steps=2"), check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "steps were skipped because the loss or gradients were not finite" in proc.stderr
