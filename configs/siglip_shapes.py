@@ -35,9 +35,12 @@ def get_config(arg: str = "") -> ConfigDict:
         wd_exclude=".*(bias|scale|logit_scale|logit_bias|pos_embedding|probe|cls)"))
 
     c.data = ConfigDict(dict(
-        source="shapes", seed=0, image_size=32, max_text_len=48, vocab_size=256,
+        source="shapes",     # "shapes" (embedded, procedural) | "folder" | "tfds"
+        seed=0, image_size=32, max_text_len=48, vocab_size=256,
         tokenizer="",        # path to a SentencePiece .model; "" trains one on the captions (WORKDIR/tokenizer.model)
-        flip=True,           # caption-consistent horizontal flips
+        flip=True,           # caption-consistent horizontal flips (shapes only: other captions are not rewritten)
+        path="",             # source="folder": a .jsonl of {"image", "caption"} or a folder of images + .txt
+        tfds_name="", tfds_split="train", tfds_data_dir="", caption_key="caption",  # source="tfds"
         num_threads=2, prefetch=4))
 
     c.model = ConfigDict(dict(

@@ -94,3 +94,24 @@ def test_nonfinite_losses_stop_training_with_a_clear_message(tmp_path):
                              "--config.max_nonfinite_steps=2"), check=False)
     assert proc.returncode == 3, proc.stderr
     assert "steps were skipped because the loss or gradients were not finite" in proc.stderr
+
+
+def test_training_on_a_users_jsonl_dataset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(24):
+        colour = ["red", "green", "blue"][i % 3]
+        pixels = np.zeros((40, 50, 3), np.uint8)
+        pixels[..., i % 3] = 200 + rng.integers(0, 50)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "caption": f"a {colour} picture number {i}"}))
+    lines.append(json.dumps({"image": "missing.png", "caption": "dropped and counted"}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    workdir = tmp_path / "run"
+    run_cli(train_cmd(workdir, "--config.data.source=folder", f"--config.data.path={tmp_path / 'data.jsonl'}",
+                      "--config.total_steps=4", "--config.data.vocab_size=64"))
+    rows = read_metrics(workdir)
+    assert rows[-1]["step"] == 4 and np.isfinite(rows[-1]["loss"])
+    assert (workdir / "tokenizer.model").exists()

@@ -14,7 +14,8 @@ from jvlm import sharding
 from jvlm.config import ConfigError, check_choice
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
-from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer
+from jvlm.data.sources import make_source
+from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer, train_sentencepiece
 from jvlm.models.two_tower import TwoTower
 from jvlm.objectives import contrastive
 from jvlm.tasks.base import Task
@@ -31,7 +32,14 @@ class ContrastiveTask(Task):
     def validate(self) -> None:
         c, m = self.config, self.config.model
         check_choice("model.loss", m.loss, ("sigmoid", "softmax"))
-        check_choice("data.source", c.data.source, ("shapes",))
+        check_choice("data.source", c.data.source, ("shapes", "folder", "tfds"))
+        if c.data.source == "folder" and not c.data.path:
+            raise ConfigError("config.data.source='folder' needs config.data.path: a .jsonl file of "
+                              '{"image": ..., "caption": ...} lines or a folder of images with .txt captions.')
+        if c.data.source == "tfds" and not c.data.tfds_name:
+            raise ConfigError("config.data.source='tfds' needs config.data.tfds_name (a prepared dataset).")
+        if c.eval.batch_size % sharding.data_parallel_size(sharding.resolve_mesh_shape(c.mesh, jax.device_count())):
+            raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel size.")
         size, patch = c.data.image_size, m.image.patch_size
         if size % patch:
             raise ConfigError(
@@ -51,8 +59,12 @@ class ContrastiveTask(Task):
             self.tokenizer = Tokenizer(d.tokenizer)
         else:  # train on the captions once; the file in the workdir pins it for resumed runs
             path = os.path.join(self.workdir, "tokenizer.model")
-            if jax.process_index() == 0:
-                shapes_tokenizer(path, vocab_size=d.vocab_size, seed=self.config.seed)
+            if jax.process_index() == 0 and d.source == "shapes":
+                shapes_tokenizer(path, vocab_size=d.vocab_size, seed=d.seed)
+            elif jax.process_index() == 0 and not os.path.exists(path):
+                src = self._source("train")
+                captions = (src[i]["caption"] for i in range(min(len(src), 20_000)))
+                train_sentencepiece(captions, path, vocab_size=d.vocab_size, model_type="bpe")
             multihost_utils.sync_global_devices("jvlm_tokenizer")
             self.tokenizer = Tokenizer(path)
         if self.tokenizer.vocab_size > d.vocab_size:
@@ -90,13 +102,19 @@ class ContrastiveTask(Task):
         return LossOutput(loss, {"temperature": jnp.exp(scale)})
 
     def transform(self, example: dict, rng: np.random.Generator) -> dict:
-        if self.config.data.flip and rng.random() < 0.5:
+        if self.config.data.flip and self.config.data.source == "shapes" and rng.random() < 0.5:
             example = shapes.flip_horizontal(example)  # swaps left/right in the caption too
         tokens, truncated = self.tokenizer.encode(example["caption"], self.config.data.max_text_len)
         return {"image": example["image"], "text": tokens, "_truncated": np.asarray(truncated)}
 
     def _source(self, split: str):
+        """Training data from the configured source; zero-shot splits always come from shapes."""
         d = self.config.data
+        if d.source == "folder" and split == "train":
+            return make_source("folder", path=d.path, image_size=d.image_size)
+        if d.source == "tfds" and split == "train":
+            return make_source("tfds", name=d.tfds_name, split=d.tfds_split, image_size=d.image_size,
+                               data_dir=d.tfds_data_dir or None, caption_key=d.caption_key)
         return shapes.ShapesSource(split, image_size=d.image_size, seed=d.seed)
 
     def train_loader(self, start_step, process_index, process_count):
@@ -153,6 +171,8 @@ class ContrastiveTask(Task):
         return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
     def evaluate(self, state, mesh) -> dict[str, Any]:
+        if self.config.data.source != "shapes":  # zero-shot classes are the shapes classes
+            return {}
         params = (state.ema_params or state.params)["main"]
         n = self.config.eval.num_examples
         classes = self.class_embeddings(params, mesh)
