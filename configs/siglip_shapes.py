@@ -44,7 +44,9 @@ def get_config(arg: str = "") -> ConfigDict:
         num_threads=2, prefetch=4))
 
     c.model = ConfigDict(dict(
-        name="two_tower", loss="sigmoid", embed_dim=128, dtype="float32", remat="none",
+        name="two_tower", loss="sigmoid",
+        loss_impl="dense",   # "dense" (XLA partitions it) | "ring" | "all_gather" (explicit shard_map collectives)
+        embed_dim=128, dtype="float32", remat="none",
         image=ConfigDict(dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_dim=256, pool="map",
                               posemb="learn")),
         text=ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=256, causal=False, pool="eos"))))

@@ -58,7 +58,6 @@ def main(argv=None) -> None:
     from jvlm import sharding
     from jvlm.data.pipeline import split_host_stats
     from jvlm.train import loop
-    from jvlm.train.step import make_train_step
 
     workdir = tempfile.mkdtemp(prefix="jvlm_bench_")
     config.total_steps = max(config.total_steps, 1)
@@ -68,8 +67,7 @@ def main(argv=None) -> None:
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
     local, _ = split_host_stats(next(task.train_loader(0, jax.process_index(), jax.process_count())))
     batch = sharding.global_batch(local, mesh)
-    train_step = make_train_step(groups, grad_accum_steps=config.get("grad_accum_steps", 1),
-                                 ema_decay=config.get("ema_decay", 0.0))
+    train_step = loop.make_step(task, groups)
     step_fn = jax.jit(lambda s, b: train_step(s, b, jax.random.fold_in(s.rng, s.step)),
                       in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
     t = time.perf_counter()

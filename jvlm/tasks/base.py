@@ -18,8 +18,11 @@ class Task(abc.ABC):
     optional_keys: tuple[str, ...] = (
         "grad_accum_steps", "ema_decay", "max_nonfinite_steps", "profile", "eval", "checkpoint_async", "progress")
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
-        self.config, self.workdir = config, workdir
+    # True when the task's own loss handles config.grad_accum_steps (losses that couple examples).
+    handles_grad_accum: bool = False
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | None, mesh: Mesh):
+        self.config, self.workdir, self.mesh = config, workdir, mesh
 
     @abc.abstractmethod
     def validate(self) -> None:

@@ -20,7 +20,7 @@ from jvlm.models.two_tower import TwoTower
 from jvlm.objectives import contrastive
 from jvlm.tasks.base import Task
 from jvlm.train import optim
-from jvlm.train.step import LossOutput, ParamGroup
+from jvlm.train.step import LossOutput, ParamGroup, merge_microbatches, split_microbatches
 
 
 def images_to_float(images: jax.Array) -> jax.Array:
@@ -32,6 +32,10 @@ class ContrastiveTask(Task):
     def validate(self) -> None:
         c, m = self.config, self.config.model
         check_choice("model.loss", m.loss, ("sigmoid", "softmax"))
+        check_choice("model.loss_impl", m.loss_impl, ("dense", "ring", "all_gather"))
+        if m.loss == "softmax" and m.loss_impl == "ring":
+            raise ConfigError("config.model.loss_impl='ring' is for the sigmoid loss; the softmax needs the whole "
+                              "batch's normalizer: use loss_impl='all_gather' or 'dense'.")
         check_choice("data.source", c.data.source, ("shapes", "folder", "tfds"))
         if c.data.source == "folder" and not c.data.path:
             raise ConfigError("config.data.source='folder' needs config.data.path: a .jsonl file of "
@@ -92,14 +96,47 @@ class ContrastiveTask(Task):
         tx, schedule, frozen = optim.make_optimizer(self.config.optimizer, params["main"], self.config.total_steps)
         return [ParamGroup("main", self.loss_fn, tx, schedule, frozen)]
 
+    # The generic step's accumulation averages per-micro-batch losses, which would drop the negatives
+    # of other micro-batches; this task accumulates with a feature cache instead (see embed_batch).
+    handles_grad_accum = True
+
+    def embed_batch(self, params, batch):
+        """(zimg, ztxt, t', b) for the whole batch, encoded in `grad_accum_steps` micro-batches.
+
+        Two-pass feature cache (GradCache): a scan over micro-batches whose body is
+        `jax.checkpoint`-ed keeps only the embeddings in the forward pass; the loss then sees every
+        negative of the full batch, and the scan's backward pass re-runs one micro-batch's towers at a
+        time to backpropagate the embedding gradients. Equal to one large batch (tested).
+        """
+        apply = lambda p, im, tx: self.model.apply({"params": p}, images_to_float(im), tx)  # noqa: E731
+        k = self.config.get("grad_accum_steps", 1)
+        if k == 1:
+            return apply(params, batch["image"], batch["text"])
+        micro = split_microbatches({"image": batch["image"], "text": batch["text"]}, k)
+
+        def body(_, mb):
+            zimg, ztxt, scale, bias = jax.checkpoint(apply)(params, mb["image"], mb["text"])
+            return None, (zimg, ztxt, scale, bias)
+
+        _, (zimg, ztxt, scale, bias) = jax.lax.scan(body, None, micro)
+        return merge_microbatches(zimg), merge_microbatches(ztxt), scale[0], None if bias is None else bias[0]
+
     def loss_fn(self, params, batch, rng, ctx) -> LossOutput:
-        zimg, ztxt, scale, bias = self.model.apply({"params": params["main"]}, images_to_float(batch["image"]),
-                                                   batch["text"])
-        if self.config.model.loss == "sigmoid":
-            loss = contrastive.sigmoid_loss(zimg, ztxt, scale, bias)
+        zimg, ztxt, scale, bias = self.embed_batch(params["main"], batch)
+        m = self.config.model
+        if m.loss == "sigmoid":
+            if m.loss_impl == "dense":
+                loss = contrastive.sigmoid_loss(zimg, ztxt, scale, bias)
+            else:
+                loss = contrastive.sharded_sigmoid_loss(zimg, ztxt, scale, bias, mesh=self.mesh,
+                                                        axis=sharding.BATCH_AXES, impl=m.loss_impl)
             return LossOutput(loss, {"temperature": jnp.exp(scale), "bias": bias})
-        loss = contrastive.softmax_contrastive_loss(zimg, ztxt, scale)
-        return LossOutput(loss, {"temperature": jnp.exp(scale)})
+        if m.loss_impl == "dense":
+            loss = contrastive.softmax_contrastive_loss(zimg, ztxt, scale)
+        else:
+            loss = contrastive.sharded_softmax_contrastive_loss(zimg, ztxt, scale, mesh=self.mesh,
+                                                                axis=sharding.BATCH_AXES)
+        return LossOutput(loss, {"temperature": jnp.exp(jnp.minimum(scale, jnp.log(100.0)))})
 
     def transform(self, example: dict, rng: np.random.Generator) -> dict:
         if self.config.data.flip and self.config.data.source == "shapes" and rng.random() < 0.5:

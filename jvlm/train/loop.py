@@ -35,14 +35,15 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, devices=None):
     """Validates the config and builds (task, mesh). Nothing is compiled yet."""
     devices = list(devices) if devices is not None else jax.devices()
     config_lib.validate_common(config, len(devices))
-    task = get_task_class(config.task)(config, workdir)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    task = get_task_class(config.task)(config, workdir, mesh)
     unknown = set(config.keys()) - set(config_lib.COMMON_KEYS) - set(task.optional_keys)
     if unknown:
         raise config_lib.ConfigError(
             f"unknown top-level config keys {sorted(unknown)}; the {config.task!r} task reads "
             f"{sorted(set(config_lib.COMMON_KEYS) | set(task.optional_keys))}.")
     task.validate()
-    return task, sharding.make_mesh(config.mesh, devices)
+    return task, mesh
 
 
 def abstract_state(task, config, mesh):
@@ -69,6 +70,13 @@ def abstract_state(task, config, mesh):
         rng=rep, nonfinite_count=rep)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return abstract, shardings, groups, init_state
+
+
+def make_step(task, groups):
+    """The task's train step; accumulation is left to tasks whose loss couples examples."""
+    config = task.config
+    accum = 1 if task.handles_grad_accum else config.get("grad_accum_steps", 1)
+    return make_train_step(groups, grad_accum_steps=accum, ema_decay=config.get("ema_decay", 0.0))
 
 
 def _unbox(tree):
@@ -133,8 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
         _say(primary, f"starting fresh: {_count(state.params):,} parameters, mesh {dict(mesh.shape)}")
 
-    train_step = make_train_step(groups, grad_accum_steps=config.get("grad_accum_steps", 1),
-                                 ema_decay=config.get("ema_decay", 0.0))
+    train_step = make_step(task, groups)
 
     def step_fn(state, batch):
         return train_step(state, batch, jax.random.fold_in(state.rng, state.step))

@@ -47,13 +47,18 @@ class ParamGroup:
     every: int = 1                                  # update this group every `every` steps
 
 
-def _split_microbatches(batch: dict, k: int) -> dict:
-    # Row j*k+i goes to micro-batch i, so each device keeps its own rows (no resharding).
+def split_microbatches(batch: dict, k: int) -> dict:
+    """[B, ...] -> [k, B/k, ...]. Row j*k+i goes to micro-batch i, so each device keeps its rows."""
     def split(x):
         if x.shape[0] % k:
             raise ValueError(f"batch dim {x.shape[0]} is not divisible by grad_accum_steps={k}")
         return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
     return jax.tree.map(split, batch)
+
+
+def merge_microbatches(x: jax.Array) -> jax.Array:
+    """Inverse of split_microbatches for one array: [k, B/k, ...] -> [B, ...] in the original row order."""
+    return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
 def _all_finite(tree) -> jax.Array:
@@ -87,7 +92,7 @@ def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_
         if grad_accum_steps == 1:
             return micro(model_state, batch, rng)
 
-        mbs = _split_microbatches(batch, grad_accum_steps)
+        mbs = split_microbatches(batch, grad_accum_steps)
         first = jax.tree.map(lambda x: x[0], mbs)
         shapes = jax.eval_shape(micro, model_state, first, rng)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0], shapes[1], shapes[3]))
