@@ -111,7 +111,28 @@ def test_training_on_a_users_jsonl_dataset(tmp_path):
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
     workdir = tmp_path / "run"
     run_cli(train_cmd(workdir, "--config.data.source=folder", f"--config.data.path={tmp_path / 'data.jsonl'}",
-                      "--config.total_steps=4", "--config.data.vocab_size=64"))
+                      "--config.total_steps=4", "--config.data.vocab_size=64",
+                      "--config.profile.start_step=1", "--config.profile.num_steps=2"))
     rows = read_metrics(workdir)
     assert rows[-1]["step"] == 4 and np.isfinite(rows[-1]["loss"])
     assert (workdir / "tokenizer.model").exists()
+    traces = [f for _, _, files in os.walk(workdir / "profile") for f in files]
+    assert any(f.endswith((".xplane.pb", ".trace.json.gz")) for f in traces), traces
+
+
+def test_sigterm_saves_a_checkpoint_and_the_restart_resumes(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", *train_cmd(tmp_path, "--config.total_steps=2000",
+                                                               "--config.checkpoint_every=1000")],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGTERM: saved checkpoint at step" in err
+    steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+    assert len(steps) == 1 and 0 < steps[0] < 1000
+    resumed = run_cli(train_cmd(tmp_path, f"--config.total_steps={steps[0] + 2}"))
+    assert f"resumed from checkpoint at step {steps[0]}" in resumed.stderr

@@ -49,63 +49,65 @@ def _varying_zero(axis):
     return jax.lax.pcast(jnp.zeros((), jnp.float32), axes, to="varying")
 
 
-def _block_labels(b, first_block):
-    # +1 on the diagonal of the block that came from this device (k == 0), -1 everywhere else.
-    return jnp.where(first_block & jnp.eye(b, dtype=bool), 1.0, -1.0)
+# Rows of the local block processed at once: tiles of at most this many logits stay live.
+TILE_ELEMENTS = 1 << 20
 
 
-def _ring_forward(x, y, t_prime, bias, *, axis, total):
-    t = jnp.exp(t_prime)
-    n, b = jax.lax.axis_size(axis), x.shape[0]
-
-    def block_loss(k, y_blk):
-        logits = t * x @ y_blk.T + bias
-        return -jnp.sum(jax.nn.log_sigmoid(_block_labels(b, k == 0) * logits))
-
-    def body(k, carry):
-        y_blk, acc = carry
-        y_next = _shift(y_blk, axis)  # issued before the matmul so the transfer can overlap it
-        return y_next, acc + block_loss(k, y_blk)
-
-    y_last, acc = jax.lax.fori_loop(0, n - 1, body, (y, _varying_zero(axis)))
-    acc = acc + block_loss(n - 1, y_last)
-    return jax.lax.psum(acc, axis) / total
+def _tile_rows(b: int) -> int:
+    """The largest divisor of b that keeps a [rows, b] tile within TILE_ELEMENTS."""
+    limit = max(1, TILE_ELEMENTS // b)
+    return max(d for d in range(1, min(b, limit) + 1) if b % d == 0)
 
 
-def _ring_value_and_grad(x, y, t_prime, bias, *, axis, total):
-    """Loss and its gradients in one ring pass: only b x b blocks are ever live.
+def _ring_pass(x, y, t_prime, bias, *, axis, total, with_grads):
+    """One pass of the text blocks around the ring; returns the loss, and for with_grads its
+    gradients for an incoming cotangent of 1.
 
-    The loss is a scalar, so its input gradients are linear in the incoming cotangent g: we
-    compute them for g = 1 while the blocks go round, and the VJP just scales them. With
-    l_ij = t x_i.y_j + b and G_ij = dL/dl_ij = -(1/N) z_ij sigmoid(-z_ij l_ij):
+    The loss is a scalar, so its input gradients are linear in the cotangent g: we compute them
+    while the blocks go round and the VJP just scales them (no second pass, nothing saved per
+    block). With l_ij = t x_i.y_j + b and G_ij = dL/dl_ij = -(1/N) z_ij sigmoid(-z_ij l_ij):
     dx_i = t sum_j G_ij y_j, dy_j = t sum_i G_ij x_i, dt' = sum G_ij (l_ij - b), db = sum G_ij.
     dy for a text block is accumulated on each device it visits and travels with the block,
-    arriving back at its owner after n shifts.
+    arriving back at its owner after n shifts. Each b x b block is itself processed in row tiles
+    so that only [rows, b] logits are live.
     """
     t = jnp.exp(t_prime)
     n, b = jax.lax.axis_size(axis), x.shape[0]
+    rows = _tile_rows(b)
 
     def block(k, y_blk, acc):
-        loss, dy_blk, dx, dt, db = acc
-        logits = t * x @ y_blk.T + bias
-        z = _block_labels(b, k == 0)
-        grad = -(z / total) * jax.nn.sigmoid(-z * logits)
-        return (loss - jnp.sum(jax.nn.log_sigmoid(z * logits)), dy_blk + t * grad.T @ x, dx + t * grad @ y_blk,
-                dt + jnp.sum(grad * (logits - bias)), db + jnp.sum(grad))
+        def tile(r, acc):
+            loss, dy_blk, dx, dt, db = acc
+            start = r * rows
+            xr = jax.lax.dynamic_slice_in_dim(x, start, rows)
+            logits = t * xr @ y_blk.T + bias
+            diag = (start + jnp.arange(rows))[:, None] == jnp.arange(b)[None, :]
+            z = jnp.where((k == 0) & diag, 1.0, -1.0)  # +1 only for this device's own pairs
+            loss = loss - jnp.sum(jax.nn.log_sigmoid(z * logits))
+            if not with_grads:
+                return loss, dy_blk, dx, dt, db
+            grad = -(z / total) * jax.nn.sigmoid(-z * logits)
+            dxr = jax.lax.dynamic_slice_in_dim(dx, start, rows) + t * grad @ y_blk
+            return (loss, dy_blk + t * grad.T @ xr, jax.lax.dynamic_update_slice_in_dim(dx, dxr, start, 0),
+                    dt + jnp.sum(grad * (logits - bias)), db + jnp.sum(grad))
+
+        return jax.lax.fori_loop(0, b // rows, tile, acc)
 
     def body(k, carry):
         y_blk, acc = carry
         y_next = _shift(y_blk, axis)  # issued before the matmuls so the transfer can overlap them
         loss, dy_blk, *rest = block(k, y_blk, acc)
-        return y_next, (loss, _shift(dy_blk, axis), *rest)
+        return y_next, (loss, _shift(dy_blk, axis) if with_grads else dy_blk, *rest)
 
     zero = _varying_zero(axis)
-    acc = (zero, jnp.zeros_like(y), jnp.zeros_like(x), zero, zero)
+    acc = (zero, jnp.zeros_like(y), jnp.zeros_like(x), zero, zero) if with_grads else (zero,) * 5
     y_last, acc = jax.lax.fori_loop(0, n - 1, body, (y, acc))
     loss, dy_blk, dx, dt, db = block(n - 1, y_last, acc)
+    loss = jax.lax.psum(loss, axis) / total
+    if not with_grads:
+        return loss
     dy = _shift(dy_blk, axis)  # the last visit's accumulator goes home
-    psum = lambda v: jax.lax.psum(v, axis)  # noqa: E731
-    return psum(loss) / total, (dx, dy, psum(dt), psum(db))
+    return loss, (dx, dy, jax.lax.psum(dt, axis), jax.lax.psum(db, axis))
 
 
 def _ring_sigmoid_loss(mesh, axis):
@@ -117,11 +119,12 @@ def _ring_sigmoid_loss(mesh, axis):
     @jax.custom_vjp
     def loss(zimg, ztxt, t_prime, bias):
         total = zimg.shape[0]
-        return shard(lambda *a: _ring_forward(*a, axis=axis, total=total), out_spec)(zimg, ztxt, t_prime, bias)
+        f = lambda *a: _ring_pass(*a, axis=axis, total=total, with_grads=False)  # noqa: E731
+        return shard(f, out_spec)(zimg, ztxt, t_prime, bias)
 
     def fwd(zimg, ztxt, t_prime, bias):
         total = zimg.shape[0]
-        f = shard(lambda *a: _ring_value_and_grad(*a, axis=axis, total=total), (out_spec, in_specs))
+        f = shard(lambda *a: _ring_pass(*a, axis=axis, total=total, with_grads=True), (out_spec, in_specs))
         return f(zimg, ztxt, t_prime, bias)
 
     def bwd(unit_grads, g):
