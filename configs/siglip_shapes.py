@@ -3,10 +3,17 @@
     python -m experiments.train --config configs/siglip_shapes.py --workdir runs/siglip_shapes
     python -m experiments.train --config configs/siglip_shapes.py:tiny --workdir /tmp/tiny   # < 1 s/step on CPU
 
-Variants: "" (default, CPU-sized), "tiny" (a few steps, for tests and debugging).
+Variants (comma-separated, they compose): "" (default, CPU-sized); "tiny" (a few steps, for tests and
+debugging); "lit" (LiT: image tower locked and loaded from --config.init_from.checkpoint=RUN);
+"B/16", "L/16", "So400m/14" (published SigLIP sizes, for pods).
+
+    python -m experiments.train --config configs/siglip_shapes.py:lit --workdir runs/lit \
+        --config.init_from.checkpoint=runs/siglip_shapes
 """
 
 from ml_collections import ConfigDict
+
+from jvlm.models import presets
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -27,6 +34,8 @@ def get_config(arg: str = "") -> ConfigDict:
     c.profile = ConfigDict(dict(start_step=-1, num_steps=3))  # jax.profiler trace into WORKDIR/profile
 
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
+    # Used only when the workdir has no checkpoint yet: copy params matching `params` ('group/path' regex).
+    c.init_from = ConfigDict(dict(checkpoint="", params=".*", required=False))
 
     c.optimizer = ConfigDict(dict(
         name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=200, end_lr_fraction=0.0,
@@ -46,14 +55,27 @@ def get_config(arg: str = "") -> ConfigDict:
     c.model = ConfigDict(dict(
         name="two_tower", loss="sigmoid",
         loss_impl="dense",   # "dense" (XLA partitions it) | "ring" | "all_gather" (explicit shard_map collectives)
-        embed_dim=128, dtype="float32", remat="none",
+        embed_dim=128, image_head=True,   # image_head=False: MAP-pooled features are the embedding
+        dtype="float32", remat="none",
         image=ConfigDict(dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_dim=256, pool="map",
                               posemb="learn")),
         text=ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=256, causal=False, pool="eos"))))
 
-    c.eval = ConfigDict(dict(num_examples=512, batch_size=256, templates=("a {}", "a photo of a {}")))
+    # Zero-shot prompts: each class embedding is the mean over these templates (CLIP's prompt ensembling).
+    c.eval = ConfigDict(dict(num_examples=1024, batch_size=256, templates=(
+        "a small {}", "a medium {}", "a large {}", "a single small {}", "a single medium {}", "a single large {}")))
 
-    if arg == "tiny":
+    for variant in filter(None, arg.split(",")):  # variants compose: "tiny,lit"
+        _apply_variant(c, variant)
+    return c
+
+
+def _apply_variant(c: ConfigDict, arg: str) -> None:
+    if arg == "lit":  # LiT: a pretrained, locked image tower (and its head); the text tower learns
+        c.optimizer.freeze = "img/.*|img_proj/.*"
+        c.init_from.params = "main/(img|img_proj)/.*"
+        c.init_from.required = True
+    elif arg == "tiny":
         c.total_steps = 20
         c.batch_size = 16
         c.log_every = 2
@@ -67,6 +89,19 @@ def get_config(arg: str = "") -> ConfigDict:
         c.model.text = ConfigDict(dict(width=32, depth=1, num_heads=2, mlp_dim=64, causal=False, pool="eos"))
         c.eval.num_examples = 64
         c.eval.batch_size = 32
+    elif arg in presets.SIGLIP:  # published SigLIP sizes, for pods (and for jax.eval_shape on a laptop)
+        size, patch = presets.parse(arg)
+        c.data.image_size = presets.SIGLIP[arg]["image_size"]
+        c.data.max_text_len = presets.SIGLIP[arg]["max_text_len"]
+        c.data.vocab_size = presets.SIGLIP[arg]["vocab_size"]
+        c.model.embed_dim = size["width"]
+        c.model.image_head = False
+        c.model.image = ConfigDict(dict(patch_size=patch, pool="map", posemb="learn", **size))
+        c.model.text = ConfigDict(dict(causal=False, pool="last", **size))
+        c.model.dtype = "bfloat16"
+        c.batch_size = 32_768
+        c.model.loss_impl = "ring"
+        c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} for siglip_shapes; use '' or 'tiny'")
-    return c
+        raise ValueError(f"unknown variant {arg!r} for siglip_shapes; use '', 'tiny', "
+                         f"'lit', or a preset: {', '.join(presets.SIGLIP)}")

@@ -35,7 +35,7 @@ COMMON_KEYS = {
 # Keys that may differ between a checkpoint's config and the config of a resumed run.
 RESUMABLE_DIFFERENCES = (
     "total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-    "profile", "progress", "max_nonfinite_steps",
+    "profile", "progress", "max_nonfinite_steps", "init_from",  # init_from only matters for a fresh start
 )
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
@@ -155,6 +155,10 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
             re.compile(pattern)
         except re.error as e:
             raise ConfigError(f"config.optimizer.{pattern_key}={pattern!r} is not a valid regex: {e}.") from None
+    init = config.get("init_from", None)
+    if init is not None and init.get("required", False) and not init.checkpoint:
+        raise ConfigError("this variant starts from a pretrained run: set --config.init_from.checkpoint=WORKDIR "
+                          "(a run's workdir or its checkpoints/ folder).")
     check_choice("model.dtype", config.model.get("dtype", "float32"), DTYPES)
     check_choice("model.remat", config.model.get("remat", "none"), REMAT_POLICIES)
 

@@ -11,27 +11,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
-import pytest  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/helpers.py, shared test modules
 
 
 def pytest_configure(config):
     assert jax.device_count() == 8, f"tests need 8 simulated devices, got {jax.device_count()}"
-
-
-@pytest.fixture
-def repo_root():
-    return REPO
-
-
-def run_cli(args, *, env=None, timeout=600, check=True):
-    """Runs `python -m ...` from the repo root with the test environment; returns CompletedProcess."""
-    import subprocess
-
-    full_env = dict(os.environ) | (env or {})
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc

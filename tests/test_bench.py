@@ -4,7 +4,7 @@ import json
 
 import jax
 import numpy as np
-from conftest import run_cli
+from helpers import run_cli
 
 from jvlm.config import load_config
 from jvlm.train import loop

@@ -103,7 +103,7 @@ def test_config_differences_ignore_run_length():
 
 
 def test_cli_reports_config_errors(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
     proc = run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path), "--config.batch_sise=3"],
                    check=False)
     assert proc.returncode == 2

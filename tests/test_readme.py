@@ -3,7 +3,7 @@
 import os
 import re
 
-from conftest import REPO
+from helpers import REPO
 
 
 def quickstart_commands():

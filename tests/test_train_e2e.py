@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from jvlm.config import load_config
 from jvlm.train import loop

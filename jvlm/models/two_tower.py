@@ -25,6 +25,7 @@ class TwoTower(nn.Module):
     loss: str = "sigmoid"                  # "sigmoid" owns a bias b; "softmax" does not
     init_logit_scale: float | None = None  # default: log 10 (SigLIP) / log(1/0.07) (CLIP)
     init_logit_bias: float = -10.0
+    image_head: bool = True                # False: pooled image features are the embedding (SigLIP presets)
     dtype: Any = jnp.float32
     remat: str = "none"
 
@@ -33,7 +34,8 @@ class TwoTower(nn.Module):
         self.txt = TextTransformer(**self.text, dtype=self.dtype, remat=self.remat)
         proj = lambda: nn.Dense(self.embed_dim, dtype=self.dtype, kernel_init=dense_init(("embed", None)),  # noqa: E731
                                 bias_init=bias_init((None,)))
-        self.img_proj, self.txt_proj = proj(), proj()
+        self.img_proj = proj() if self.image_head else None
+        self.txt_proj = proj()
         default = np.log(10.0) if self.loss == "sigmoid" else np.log(1 / 0.07)
         init_t = default if self.init_logit_scale is None else self.init_logit_scale
         self.logit_scale = self.param("logit_scale", nn.with_logical_partitioning(
@@ -43,7 +45,8 @@ class TwoTower(nn.Module):
                 nn.initializers.constant(self.init_logit_bias), ()), ())
 
     def encode_image(self, images):
-        return l2_normalize(self.img_proj(self.img(images)))
+        features = self.img(images)
+        return l2_normalize(self.img_proj(features) if self.img_proj is not None else features)
 
     def encode_text(self, tokens):
         return l2_normalize(self.txt_proj(self.txt(tokens)))

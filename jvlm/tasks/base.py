@@ -16,7 +16,8 @@ from jvlm.train.step import ParamGroup
 class Task(abc.ABC):
     # Top-level config keys this task reads beyond jvlm.config.COMMON_KEYS.
     optional_keys: tuple[str, ...] = (
-        "grad_accum_steps", "ema_decay", "max_nonfinite_steps", "profile", "eval", "checkpoint_async", "progress")
+        "grad_accum_steps", "ema_decay", "max_nonfinite_steps", "profile", "eval", "checkpoint_async", "progress",
+        "init_from")
 
     # True when the task's own loss handles config.grad_accum_steps (losses that couple examples).
     handles_grad_accum: bool = False

@@ -49,6 +49,9 @@ class ContrastiveTask(Task):
             raise ConfigError(
                 f"config.data.image_size={size} is not divisible by config.model.image.patch_size={patch}; "
                 f"pick a patch size that divides the image size (e.g. {_divisor_hint(size, patch)}).")
+        if not m.image_head and m.embed_dim != m.image.width:
+            raise ConfigError(f"config.model.image_head=False uses the image features as the embedding, so "
+                              f"config.model.embed_dim ({m.embed_dim}) must equal model.image.width ({m.image.width}).")
         for tower in ("image", "text"):
             t = m[tower]
             if t.width % t.num_heads:
@@ -81,7 +84,7 @@ class ContrastiveTask(Task):
         m = c.model
         return TwoTower(
             image=dict(m.image), text=dict(m.text) | dict(vocab_size=c.data.vocab_size, max_len=c.data.max_text_len),
-            embed_dim=m.embed_dim, loss=m.loss, dtype=jnp.dtype(m.dtype), remat=m.remat)
+            embed_dim=m.embed_dim, loss=m.loss, dtype=jnp.dtype(m.dtype), remat=m.remat, image_head=m.image_head)
 
     def _dummy_batch(self):
         d = self.config.data

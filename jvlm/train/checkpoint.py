@@ -69,3 +69,27 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def find_checkpoint_dir(path: str) -> str:
+    """A run's workdir or its checkpoints/ folder -> the checkpoints folder."""
+    for candidate in (os.path.join(path, "checkpoints"), path):
+        if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+            return os.path.abspath(candidate)
+    raise FileNotFoundError(f"no checkpoints under {path!r}: give a run's workdir or its checkpoints/ folder.")
+
+
+def load_params(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any]]:
+    """(step, params by group) from the newest checkpoint of a run, as host numpy arrays.
+
+    For initializing from another run (LiT, fine-tuning) and for inference; restored without
+    a target, so the saving run's mesh does not matter.
+    """
+    directory = find_checkpoint_dir(path)
+    manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    params = restored.get("ema_params") if ema and restored.get("ema_params") is not None else restored["params"]
+    return step, jax.tree.map(lambda x: jax.device_get(x), params)

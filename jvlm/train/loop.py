@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -22,6 +23,7 @@ from jvlm import sharding
 from jvlm.data.pipeline import split_host_stats
 from jvlm.tasks import get_task_class
 from jvlm.train.checkpoint import Checkpointer
+from jvlm.train.init_from import apply_init_from
 from jvlm.train.metrics import MetricsWriter, Progress
 from jvlm.train.state import TrainState
 from jvlm.train.step import make_train_step
@@ -140,6 +142,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         start_step = 0
         state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
         _say(primary, f"starting fresh: {_count(state.params):,} parameters, mesh {dict(mesh.shape)}")
+        init = config.get("init_from", None)
+        if init is not None and init.checkpoint:
+            params, copied = apply_init_from(state.params, init.checkpoint, init.params)
+            ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None  # no aliasing: donated
+            state = state.replace(params=params, ema_params=ema)
+            _say(primary, f"initialized {copied} parameter arrays matching {init.params!r} from {init.checkpoint}")
 
     train_step = make_step(task, groups)
 

@@ -1,0 +1,17 @@
+"""Helpers shared by test modules (tests/ is on sys.path via conftest.py)."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(args, *, env=None, timeout=600, check=True):
+    """Runs `python -m ...` from the repo root with the test environment; returns CompletedProcess."""
+    full_env = dict(os.environ) | (env or {})
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc

@@ -1,0 +1,38 @@
+"""LiT: the image tower comes from a pretrained run, stays bit-identical, and the text tower learns."""
+
+import jax
+import numpy as np
+import pytest
+from helpers import run_cli
+from flax.core import meta
+
+from jvlm.config import ConfigError, load_config
+from jvlm.tasks.contrastive import ContrastiveTask
+from jvlm.train import loop
+from jvlm.train.checkpoint import load_params
+
+
+def test_lit_locks_the_pretrained_image_tower_and_trains_the_text_tower(tmp_path):
+    base = ["experiments.train", "--config.eval_every=100"]
+    run_cli(base + ["--config", "configs/siglip_shapes.py:tiny", "--workdir", str(tmp_path / "pre"),
+                    "--config.total_steps=5"])
+    proc = run_cli(base + ["--config", "configs/siglip_shapes.py:tiny,lit", "--workdir", str(tmp_path / "lit"),
+                           "--config.total_steps=4", f"--config.init_from.checkpoint={tmp_path / 'pre'}"])
+    assert "initialized" in proc.stderr and "from" in proc.stderr
+    _, pre = load_params(str(tmp_path / "pre"))
+    step, lit = load_params(str(tmp_path / "lit"))
+    assert step == 4
+    for part in ("img", "img_proj"):
+        for a, b in zip(jax.tree.leaves(pre["main"][part]), jax.tree.leaves(lit["main"][part])):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    cfg = load_config("configs/siglip_shapes.py:tiny")
+    fresh = meta.unbox(ContrastiveTask(cfg, None, None).init(jax.random.PRNGKey(cfg.seed))[0])
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fresh["main"]["txt"]),
+                                                        jax.tree.leaves(lit["main"]["txt"]))]
+    assert all(changed)
+
+
+def test_lit_without_a_checkpoint_is_a_clear_error():
+    cfg = load_config("configs/siglip_shapes.py:tiny,lit")
+    with pytest.raises(ConfigError, match=r"set --config.init_from.checkpoint=WORKDIR"):
+        loop.build(cfg, None)
