@@ -136,3 +136,43 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_resumes(tmp_path):
     assert len(steps) == 1 and 0 < steps[0] < 1000
     resumed = run_cli(train_cmd(tmp_path, f"--config.total_steps={steps[0] + 2}"))
     assert f"resumed from checkpoint at step {steps[0]}" in resumed.stderr
+
+
+def test_standalone_eval_appends_zero_shot_and_retrieval_metrics(reference_run):
+    workdir, _ = reference_run
+    before = len(read_metrics(workdir))
+    proc = run_cli(["experiments.eval", *TINY, "--workdir", str(workdir)])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["step"] == 20
+    for key in ("eval/zeroshot_top1", "eval/zeroshot_top5", "eval/zeroshot_unseen_top1", "eval/i2t_recall@1",
+                "eval/i2t_recall@5", "eval/t2i_recall@1", "eval/t2i_recall@5"):
+        assert 0.0 <= out[key] <= 1.0, key
+    assert out["eval/zeroshot_top5"] >= out["eval/zeroshot_top1"]
+    rows = read_metrics(workdir)
+    assert len(rows) == before + 1 and rows[-1]["eval/t2i_recall@5"] == out["eval/t2i_recall@5"]
+    # matches the evaluation the training run logged at the same step (same params, same data)
+    logged = [r for r in rows[:-1] if r["step"] == 20 and "eval/zeroshot_top1" in r]
+    assert logged and logged[0]["eval/zeroshot_top1"] == out["eval/zeroshot_top1"]
+
+
+def test_inference_api_reproduces_the_logged_zero_shot_accuracy(reference_run):
+    from PIL import Image
+
+    from jvlm.data import shapes
+    from jvlm.eval.contrastive_model import ContrastiveModel
+
+    workdir, _ = reference_run
+    model = ContrastiveModel.load(str(workdir))
+    assert model.step == 20 and model.image_size == 32
+    src = shapes.ShapesSource("zeroshot_seen", image_size=32)
+    images = np.stack([src[i]["image"] for i in range(64)])
+    labels = np.array([src[i]["label"] for i in range(64)])
+    probs = model.zero_shot(images, shapes.class_names(), templates=tuple(model.config.eval.templates))
+    assert probs.shape == (64, 48) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    logged = [r for r in read_metrics(workdir) if "eval/zeroshot_top1" in r and r["step"] == 20][0]
+    assert float(np.mean(probs.argmax(1) == labels)) == logged["eval/zeroshot_top1"]
+    # other sizes and PIL images go through the run's own preprocessing
+    big = [Image.fromarray(shapes.ShapesSource("test", image_size=96)[i]["image"]) for i in range(3)]
+    emb = model.encode_image(big)
+    assert emb.shape == (3, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert model.encode_text(["a small red circle"]).shape == (1, 32)

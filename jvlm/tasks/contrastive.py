@@ -15,6 +15,7 @@ from jvlm.config import ConfigError, check_choice
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
 from jvlm.data.sources import make_source
+from jvlm.eval.metrics import retrieval_recall, topk_accuracy
 from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer, train_sentencepiece
 from jvlm.models.two_tower import TwoTower
 from jvlm.objectives import contrastive
@@ -219,10 +220,12 @@ class ContrastiveTask(Task):
         out = {}
         for split, key in (("zeroshot_seen", "zeroshot"), ("zeroshot_unseen", "zeroshot_unseen")):
             zimg, _, labels = self._encode(params, mesh, split, n, text=False)
-            ranks = np.argsort(-(zimg @ classes.T), axis=1)
-            out[f"eval/{key}_top1"] = float(np.mean(ranks[:, 0] == labels))
+            acc = topk_accuracy(zimg @ classes.T, labels, (1, 5))
+            out[f"eval/{key}_top1"] = acc[1]
             if key == "zeroshot":
-                out[f"eval/{key}_top5"] = float(np.mean((ranks[:, :5] == labels[:, None]).any(1)))
+                out[f"eval/{key}_top5"] = acc[5]
+        zimg, ztxt, _ = self._encode(params, mesh, "validation", n, text=True)  # 1-3 objects, full captions
+        out.update({f"eval/{k}": v for k, v in retrieval_recall(zimg @ ztxt.T, (1, 5)).items()})
         return out
 
 

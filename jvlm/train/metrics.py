@@ -17,16 +17,18 @@ import numpy as np
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, *, start_step: int, enabled: bool = True):
+    def __init__(self, workdir: str, *, start_step: int | None, enabled: bool = True):
+        """start_step: drop entries after it (a resumed run); None appends (a standalone evaluation)."""
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if not enabled:
             return
-        self._truncate_after(start_step)
+        if start_step is not None:
+            self._truncate_after(start_step)
         try:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(workdir, purge_step=start_step if start_step else None, flush_secs=10)
+            self._tb = SummaryWriter(workdir, purge_step=start_step or None, flush_secs=10)
         except ImportError:  # TensorBoard events are optional; metrics.jsonl is the source of truth
             print("tensorboardX is not installed: no TensorBoard events will be written.", file=sys.stderr)
 

@@ -1,0 +1,90 @@
+"""Inference with a trained contrastive (SigLIP/CLIP/LiT) run: encode images and texts, zero-shot classify.
+
+    from jvlm.eval.contrastive_model import ContrastiveModel
+    model = ContrastiveModel.load("runs/siglip_shapes")
+    probs = model.zero_shot(images, ["red circle", "blue square"], templates=("a {}",))
+
+The run's own preprocessing (resize/crop to the trained size, [-1, 1] scaling) and tokenizer are used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jvlm.data.sources import load_image
+from jvlm.data.tokenizer import Tokenizer
+from jvlm.models.two_tower import TwoTower
+from jvlm.tasks.contrastive import ContrastiveTask, images_to_float
+from jvlm.train.checkpoint import load_params
+
+
+class ContrastiveModel:
+    def __init__(self, config: ml_collections.ConfigDict, params, tokenizer: Tokenizer, step: int):
+        self.config, self.params, self.tokenizer, self.step = config, params, tokenizer, step
+        self.model = ContrastiveTask(config, None, None).model
+        self._image = jax.jit(lambda p, x: self.model.apply({"params": p}, images_to_float(x),
+                                                            method=TwoTower.encode_image))
+        self._text = jax.jit(lambda p, t: self.model.apply({"params": p}, t, method=TwoTower.encode_text))
+        self._scale = (float(np.exp(params["logit_scale"])),
+                       float(params["logit_bias"]) if "logit_bias" in params else None)
+
+    @classmethod
+    def load(cls, workdir: str, *, ema: bool = True) -> "ContrastiveModel":
+        """The newest checkpoint of a run (its EMA parameters when the run kept them)."""
+        with open(os.path.join(workdir, "config.json")) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        if config.task != "contrastive":
+            raise ValueError(f"{workdir} holds a {config.task!r} run, not a contrastive one.")
+        tok_path = config.data.tokenizer or os.path.join(workdir, "tokenizer.model")
+        step, params = load_params(workdir, ema=ema)
+        return cls(config, params["main"], Tokenizer(tok_path), step)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.data.image_size
+
+    def preprocess(self, images) -> np.ndarray:
+        """uint8 [N, H, W, 3] at the trained size, from arrays, PIL images or paths."""
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (self.image_size,) * 2:
+            if images.shape[-1] != 3:
+                raise ValueError(f"images have {images.shape[-1]} channels; expected RGB (3).")
+            return images.astype(np.uint8)
+        return np.stack([load_image(_as_loadable(im), self.image_size) for im in images])
+
+    def encode_image(self, images, batch_size: int = 256) -> np.ndarray:
+        """L2-normalized image embeddings [N, D]."""
+        x = self.preprocess(images)
+        return np.concatenate([np.asarray(self._image(self.params, x[i:i + batch_size]))
+                               for i in range(0, len(x), batch_size)])
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """L2-normalized text embeddings [N, D]; texts longer than the context are truncated."""
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of strings, not one string.")
+        tokens, _ = self.tokenizer.encode_batch(list(texts), self.config.data.max_text_len)
+        return np.concatenate([np.asarray(self._text(self.params, tokens[i:i + batch_size]))
+                               for i in range(0, len(tokens), batch_size)])
+
+    def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str] = ("a {}",)) -> np.ndarray:
+        """One embedding per class: the normalized mean over the templates (prompt ensembling)."""
+        prompts = [t.format(c) for c in class_names for t in templates]
+        emb = self.encode_text(prompts).reshape(len(class_names), len(templates), -1).mean(1)
+        return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+
+    def zero_shot(self, images, class_names: Sequence[str], templates: Sequence[str] = ("a {}",)) -> np.ndarray:
+        """Class probabilities [N, C]: a softmax over the model's scaled similarities."""
+        logits = self._scale[0] * self.encode_image(images) @ self.class_embeddings(class_names, templates).T
+        return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+
+
+def _as_loadable(image):
+    if hasattr(image, "convert"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    return image

@@ -1,0 +1,22 @@
+"""Pure evaluation metrics on embedding similarities (numpy, host side)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:
+    """scores [N, C], labels [N] -> {k: fraction of rows whose label is among the k best classes}."""
+    ranks = np.argsort(-scores, axis=1)
+    return {k: float(np.mean((ranks[:, :k] == labels[:, None]).any(axis=1))) for k in ks}
+
+
+def retrieval_recall(similarity: np.ndarray, ks=(1, 5)) -> dict[str, float]:
+    """similarity [N, N] between images (rows) and texts (columns); pair i is the match.
+
+    i2t_recall@k: fraction of images whose own text ranks in the top k texts; t2i likewise.
+    """
+    target = np.arange(similarity.shape[0])
+    i2t = topk_accuracy(similarity, target, ks)
+    t2i = topk_accuracy(similarity.T, target, ks)
+    return {**{f"i2t_recall@{k}": v for k, v in i2t.items()}, **{f"t2i_recall@{k}": v for k, v in t2i.items()}}
