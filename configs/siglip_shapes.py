@@ -5,6 +5,7 @@
 
 Variants (comma-separated, they compose): "" (default, CPU-sized); "tiny" (a few steps, for tests and
 debugging); "lit" (LiT: image tower locked and loaded from --config.init_from.checkpoint=RUN);
+"peer" (fixed sizes for comparing implementations: 64 px, patch 8, width 256, depth 6, batch 64);
 "B/16", "L/16", "So400m/14" (published SigLIP sizes, for pods).
 
     python -m experiments.train --config configs/siglip_shapes.py:lit --workdir runs/lit \
@@ -89,6 +90,16 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.model.text = ConfigDict(dict(width=32, depth=1, num_heads=2, mlp_dim=64, causal=False, pool="eos"))
         c.eval.num_examples = 64
         c.eval.batch_size = 32
+    elif arg == "peer":  # fixed sizes for comparisons against other implementations of the same model
+        c.batch_size = 64
+        c.data.image_size = 64
+        c.data.max_text_len = 32
+        c.data.vocab_size = 8192  # the embedding table's rows, whatever the trained tokenizer's size
+        c.model.embed_dim = 256
+        c.model.image = ConfigDict(dict(patch_size=8, width=256, depth=6, num_heads=4, mlp_dim=1024, pool="map",
+                                        posemb="learn"))
+        c.model.text = ConfigDict(dict(width=256, depth=6, num_heads=4, mlp_dim=1024, causal=False, pool="eos"))
+        c.optimizer.name = "adamw"
     elif arg in presets.SIGLIP:  # published SigLIP sizes, for pods (and for jax.eval_shape on a laptop)
         size, patch = presets.parse(arg)
         c.data.image_size = presets.SIGLIP[arg]["image_size"]
@@ -104,4 +115,4 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
     elif arg:
         raise ValueError(f"unknown variant {arg!r} for siglip_shapes; use '', 'tiny', "
-                         f"'lit', or a preset: {', '.join(presets.SIGLIP)}")
+                         f"'lit', 'peer', or a preset: {', '.join(presets.SIGLIP)}")

@@ -108,3 +108,23 @@ def test_cli_reports_config_errors(tmp_path):
                    check=False)
     assert proc.returncode == 2
     assert "unknown config key 'batch_sise'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_clip_config_is_siglip_with_the_softmax_loss():
+    clip = load_config("configs/clip_shapes.py:tiny")
+    assert clip.model.loss == "softmax" and clip.model.text.causal and clip.model.text.pool == "eos"
+    assert load_config("configs/clip_shapes.py:B/16").model.loss_impl == "all_gather"
+    from jvlm.tasks.contrastive import ContrastiveTask
+    import jax
+    boxed, _ = jax.eval_shape(ContrastiveTask(clip, None, None).init, jax.random.PRNGKey(0))
+    assert "logit_bias" not in boxed["main"]
+    assert float(ContrastiveTask(clip, None, None).init(jax.random.PRNGKey(0))[0]["main"]["logit_scale"].unbox()) \
+        == pytest.approx(2.6593, abs=1e-3)  # log(1/0.07)
+
+
+def test_siglip_initializes_temperature_and_bias_as_the_paper():
+    import jax
+    import numpy as np
+    from jvlm.tasks.contrastive import ContrastiveTask
+    p = ContrastiveTask(load_config(TINY), None, None).init(jax.random.PRNGKey(0))[0]["main"]
+    assert float(p["logit_scale"].unbox()) == pytest.approx(np.log(10.0)) and float(p["logit_bias"].unbox()) == -10.0

@@ -24,3 +24,13 @@ def test_tiny_is_cpu_sized_and_presets_are_not():
     tiny = load_config("configs/siglip_shapes.py:tiny")
     assert tiny.model.image.width == 32 and tiny.batch_size == 16
     assert load_config("configs/siglip_shapes.py:B/16").model.image.width == 768
+
+
+def test_peer_variant_has_the_agreed_sizes():
+    c = load_config("configs/siglip_shapes.py:peer")
+    assert (c.data.image_size, c.model.image.patch_size, c.batch_size, c.model.embed_dim) == (64, 8, 64, 256)
+    for tower in (c.model.image, c.model.text):
+        assert (tower.width, tower.depth, tower.num_heads, tower.mlp_dim) == (256, 6, 4, 1024)
+    assert (c.data.max_text_len, c.data.vocab_size, c.optimizer.name) == (32, 8192, "adamw")
+    boxed, _ = jax.eval_shape(ContrastiveTask(c, None, None).init, jax.random.PRNGKey(0))
+    assert meta.unbox(boxed)["main"]["txt"]["token_embedding"].shape == (8192, 256)
