@@ -67,9 +67,7 @@ def main(argv=None) -> None:
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
     local, _ = split_host_stats(next(task.train_loader(0, jax.process_index(), jax.process_count())))
     batch = sharding.global_batch(local, mesh)
-    train_step = loop.make_step(task, groups)
-    step_fn = jax.jit(lambda s, b: train_step(s, b, jax.random.fold_in(s.rng, s.step)),
-                      in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+    step_fn = loop.jit_train_step(task, groups, shardings)
     t = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t

@@ -18,10 +18,7 @@ def contrastive_setup(n_devices, *overrides):
     task, mesh = loop.build(cfg, None, devices=jax.devices()[:n_devices])
     _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
-    step = loop.make_step(task, groups)
-    fn = jax.jit(lambda s, b: step(s, b, jax.random.fold_in(s.rng, s.step)),
-                 in_shardings=(shardings, None), out_shardings=(shardings, None))
-    return fn, state, mesh
+    return loop.jit_train_step(task, groups, shardings), state, mesh
 
 
 def fake_batches(n, batch=16, seed=0):

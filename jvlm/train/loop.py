@@ -121,6 +121,36 @@ class _StopFlag:
         self.requested = True
 
 
+def jit_train_step(task, groups, shardings):
+    """The compiled step: step keys are fold_in(state.rng, state.step); the state is donated."""
+    train_step = make_step(task, groups)
+
+    def step_fn(state, batch):
+        return train_step(state, batch, jax.random.fold_in(state.rng, state.step))
+
+    return jax.jit(step_fn, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+
+
+def initial_state(config, ckpt, abstract, shardings, init_state, mesh, primary):
+    """(start step, state): the workdir's newest good checkpoint, else a fresh init (plus `init_from`)."""
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        start_step, state, data_state = restored
+        if data_state.get("next_step") != start_step:
+            raise RuntimeError(f"checkpoint {start_step}: data iterator state {data_state} does not match the step.")
+        _say(primary, f"resumed from checkpoint at step {start_step} in {ckpt.directory}")
+        return start_step, state
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    _say(primary, f"starting fresh: {_count(state.params):,} parameters, mesh {dict(mesh.shape)}")
+    init = config.get("init_from", None)
+    if init is not None and init.checkpoint:
+        params, copied = apply_init_from(state.params, init.checkpoint, init.params)
+        ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None  # no aliasing: donated
+        state = state.replace(params=params, ema_params=ema)
+        _say(primary, f"initialized {copied} parameter arrays matching {init.params!r} from {init.checkpoint}")
+    return 0, state
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) the experiment in `workdir`; returns the last logged metrics."""
     task, mesh = build(config, workdir)
@@ -132,29 +162,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     abstract, shardings, groups, init_state = abstract_state(task, config, mesh)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.get("checkpoint_async", True))
-    restored = ckpt.restore_latest(abstract)
-    if restored is not None:
-        start_step, state, data_state = restored
-        if data_state.get("next_step") != start_step:
-            raise RuntimeError(f"checkpoint {start_step}: data iterator state {data_state} does not match the step.")
-        _say(primary, f"resumed from checkpoint at step {start_step} in {ckpt.directory}")
-    else:
-        start_step = 0
-        state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-        _say(primary, f"starting fresh: {_count(state.params):,} parameters, mesh {dict(mesh.shape)}")
-        init = config.get("init_from", None)
-        if init is not None and init.checkpoint:
-            params, copied = apply_init_from(state.params, init.checkpoint, init.params)
-            ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None  # no aliasing: donated
-            state = state.replace(params=params, ema_params=ema)
-            _say(primary, f"initialized {copied} parameter arrays matching {init.params!r} from {init.checkpoint}")
-
-    train_step = make_step(task, groups)
-
-    def step_fn(state, batch):
-        return train_step(state, batch, jax.random.fold_in(state.rng, state.step))
-
-    jit_step = jax.jit(step_fn, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+    start_step, state = initial_state(config, ckpt, abstract, shardings, init_state, mesh, primary)
+    jit_step = jit_train_step(task, groups, shardings)
     loader = task.train_loader(start_step, jax.process_index(), jax.process_count())
     writer = MetricsWriter(workdir, start_step=start_step, enabled=primary)
     progress = Progress(config.total_steps, name, enabled=primary and config.get("progress", True))
