@@ -42,6 +42,7 @@ def get_config(arg: str = "") -> ConfigDict:
         name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=200, end_lr_fraction=0.0,
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip_norm=1.0,
         freeze="",                                           # regex over param paths, e.g. "img/.*" (LiT)
+        lr_mults=(("logit_scale|logit_bias", 10.0),),        # (regex, x) pairs: t' and b move faster
         wd_exclude=".*(bias|scale|logit_scale|logit_bias|pos_embedding|probe|cls)"))
 
     c.data = ConfigDict(dict(

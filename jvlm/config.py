@@ -159,6 +159,13 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
     if init is not None and init.get("required", False) and not init.checkpoint:
         raise ConfigError("this variant starts from a pretrained run: set --config.init_from.checkpoint=WORKDIR "
                           "(a run's workdir or its checkpoints/ folder).")
+    for rule in opt.get("lr_mults", ()):
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[1], (int, float))):
+            raise ConfigError(f"config.optimizer.lr_mults entries are (regex, multiplier) pairs; got {rule!r}.")
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            raise ConfigError(f"config.optimizer.lr_mults: {rule[0]!r} is not a valid regex: {e}.") from None
     check_choice("model.dtype", config.model.get("dtype", "float32"), DTYPES)
     check_choice("model.remat", config.model.get("remat", "none"), REMAT_POLICIES)
 

@@ -3,6 +3,7 @@
 Regex policies over '/'-joined parameter paths (big_vision style):
   optimizer.freeze     = "img/.*"          frozen: no update and *no optimizer state*
   optimizer.wd_exclude = ".*(bias|scale)"  no weight decay
+  optimizer.lr_mults   = (("logit_.*", 10.0),)  update x 10 for matching parameters (first match wins)
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ def path_mask(params: Any, pattern: str) -> Any:
         return jax.tree.map(lambda _: False, params)
     regex = re.compile(pattern)
     return jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.fullmatch(param_path(p))), params)
+
+
+def lr_multipliers(params: Any, rules) -> Any:
+    """Float tree: the multiplier of the first (regex, mult) rule matching each path, else 1."""
+    compiled = [(re.compile(pattern), float(mult)) for pattern, mult in rules]
+
+    def mult(path, _):
+        name = param_path(path)
+        return next((m for r, m in compiled if r.fullmatch(name)), 1.0)
+
+    return jax.tree_util.tree_map_with_path(mult, params)
+
+
+def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
+    """Multiplies each update by a constant per leaf (per-parameter learning-rate multipliers)."""
+    return optax.stateless(lambda updates, params=None: jax.tree.map(lambda u, m: u * m, updates, multipliers))
 
 
 def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> Callable[[Any], Any]:
@@ -71,6 +88,13 @@ def make_optimizer(opt: ml_collections.ConfigDict, params: Any, total_steps: int
     if opt.get("grad_clip_norm", 0.0):
         chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
     chain.append(core)
+    rules = tuple(opt.get("lr_mults", ()))
+    if rules:
+        mults = lr_multipliers(params, rules)
+        if all(m == 1.0 for m in jax.tree.leaves(mults)):
+            raise ConfigError(f"config.optimizer.lr_mults={rules!r} matches no parameter; paths look like "
+                              f"{', '.join(list(_paths(params))[:4])}.")
+        chain.append(scale_by_tree(mults))
     tx = optax.chain(*chain)
 
     frozen = path_mask(params, opt.get("freeze", ""))
