@@ -1,4 +1,4 @@
-"""Tests for jvlm.data.sources (no network, no TensorFlow needed)."""
+"""Tests for jvlm.data.sources and jvlm.data.tfds_source (no network, no TensorFlow needed)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,10 +20,9 @@ from jvlm.data.sources import (
     SKIP_REASONS,
     SOURCES,
     ImageTextFolderSource,
-    TfdsNotPreparedError,
-    TfdsSource,
     make_source,
 )
+from jvlm.data.tfds_source import TfdsNotPreparedError, TfdsSource
 
 S = 16  # output image size used throughout
 
@@ -359,9 +360,18 @@ def test_folder_source_pickles_and_works_with_grain(tmp_path):
 
 def test_make_source_registry():
     assert set(SOURCES) >= {"folder", "tfds"}
-    assert SOURCES["folder"] is ImageTextFolderSource and SOURCES["tfds"] is TfdsSource
+    assert SOURCES["folder"] is ImageTextFolderSource and callable(SOURCES["tfds"])
     with pytest.raises(ValueError, match=r"Unknown data source kind 'nope'; valid kinds: .*folder.*tfds"):
         make_source("nope", path="x")
+
+
+def test_importing_sources_does_not_load_tfds():
+    code = (
+        "import sys, jvlm.data.sources; "
+        "print([m for m in ('jvlm.data.tfds_source', 'tensorflow_datasets') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------
@@ -458,6 +468,7 @@ def test_tfds_source_reads_images_and_captions(tfds_dir):
 def test_tfds_source_labels_and_label_captions(tfds_dir):
     src = make_source("tfds", name="jvlm_tiny_caps", split="train", image_size=S, data_dir=tfds_dir,
                       caption_key=None, label_key="label")
+    assert isinstance(src, TfdsSource)
     by_label = {}
     for j in range(len(src)):
         ex = src[j]
