@@ -60,7 +60,7 @@ def get_config(arg: str = "") -> ConfigDict:
         embed_dim=128, image_head=True,   # image_head=False: MAP-pooled features are the embedding
         dtype="float32", remat="none",
         image=ConfigDict(dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_dim=256, pool="map",
-                              posemb="learn")),
+                              posemb="learn", stem="patch")),
         text=ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=256, causal=False, pool="eos"))))
 
     # Zero-shot prompts: each class embedding is the mean over these templates (CLIP's prompt ensembling).
@@ -87,7 +87,7 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.data.image_size = 32
         c.model.embed_dim = 32
         c.model.image = ConfigDict(dict(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="map",
-                                        posemb="learn"))
+                                        posemb="learn", stem="patch"))
         c.model.text = ConfigDict(dict(width=32, depth=1, num_heads=2, mlp_dim=64, causal=False, pool="eos"))
         c.eval.num_examples = 64
         c.eval.batch_size = 32
@@ -98,7 +98,7 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.data.vocab_size = 8192  # the embedding table's rows, whatever the trained tokenizer's size
         c.model.embed_dim = 256
         c.model.image = ConfigDict(dict(patch_size=8, width=256, depth=6, num_heads=4, mlp_dim=1024, pool="map",
-                                        posemb="learn"))
+                                        posemb="learn", stem="patch"))
         c.model.text = ConfigDict(dict(width=256, depth=6, num_heads=4, mlp_dim=1024, causal=False, pool="eos"))
         c.optimizer.name = "adamw"
     elif arg in presets.SIGLIP:  # published SigLIP sizes, for pods (and for jax.eval_shape on a laptop)
@@ -108,7 +108,7 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.data.vocab_size = presets.SIGLIP[arg]["vocab_size"]
         c.model.embed_dim = size["width"]
         c.model.image_head = False
-        c.model.image = ConfigDict(dict(patch_size=patch, pool="map", posemb="learn", **size))
+        c.model.image = ConfigDict(dict(patch_size=patch, pool="map", posemb="learn", stem="patch", **size))
         c.model.text = ConfigDict(dict(causal=False, pool="last", **size))
         c.model.dtype = "bfloat16"
         c.batch_size = 32_768

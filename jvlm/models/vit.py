@@ -9,6 +9,10 @@ from flax import linen as nn
 from jvlm.models.layers import Attention, Dtype, Mlp, Transformer, bias_init, constrain, dense_init, layer_norm
 
 
+def _conv_stem_channels(width: int, layers: int) -> list[int]:
+    return [max(width // 2 ** (layers - i), 8) for i in range(layers)]
+
+
 def sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
     """Fixed 2-D sine-cosine position embedding [h*w, width] (MoCo v3 / big_vision)."""
     if width % 4:
@@ -38,6 +42,9 @@ class MapHead(nn.Module):
 
 
 class ViT(nn.Module):
+    """ViT; with stem="conv" the patch embedding is preceded by log2(patch) stride-2 3x3 convolutions
+    ("Early convolutions help transformers see better", Xiao et al. 2021): local edge and corner
+    features from the first step, which short CPU schedules need to learn shapes."""
     patch_size: int
     width: int
     depth: int
@@ -45,8 +52,18 @@ class ViT(nn.Module):
     mlp_dim: int
     pool: str = "map"          # "map" | "gap" | "tok"
     posemb: str = "learn"      # "learn" | "sincos2d"
+    stem: str = "patch"        # "patch": one linear patch embedding | "conv": stride-2 3x3 convs (ViTc)
     dtype: Dtype = jnp.float32
     remat: str = "none"
+
+    def conv_stem(self, x):
+        layers = self.patch_size.bit_length() - 1
+        for i, ch in enumerate(_conv_stem_channels(self.width, layers)):
+            x = nn.Conv(ch, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype, name=f"stem{i}",
+                        kernel_init=dense_init((None, None, None, None), nn.initializers.lecun_normal()),
+                        bias_init=bias_init((None,)))(x)
+            x = nn.gelu(x)
+        return x
 
     @nn.compact
     def __call__(self, images):
@@ -55,9 +72,17 @@ class ViT(nn.Module):
         _, h, w, _ = images.shape
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not divisible by patch_size {p}")
-        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed",
+        if self.stem == "conv" and p & (p - 1):
+            raise ValueError(f"stem='conv' halves the resolution per layer, so patch_size must be a power of 2, got {p}")
+        x = images.astype(self.dtype)
+        if self.stem == "conv":
+            x = self.conv_stem(x)
+        elif self.stem != "patch":
+            raise ValueError(f"unknown stem {self.stem!r}; use 'patch' or 'conv'")
+        k = 1 if self.stem == "conv" else p
+        x = nn.Conv(self.width, (k, k), strides=(k, k), padding="VALID", dtype=self.dtype, name="patch_embed",
                     kernel_init=dense_init((None, None, "channels", "embed"), nn.initializers.lecun_normal()),
-                    bias_init=bias_init(("embed",)))(images.astype(self.dtype))
+                    bias_init=bias_init(("embed",)))(x)
         x = x.reshape(x.shape[0], -1, self.width)
         if self.posemb == "learn":
             pos = self.param("pos_embedding", nn.with_logical_partitioning(
