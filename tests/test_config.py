@@ -99,7 +99,7 @@ def test_config_differences_ignore_run_length():
     a = to_dict(load_config(TINY))
     b = to_dict(load_config(TINY, ["--config.total_steps=50", "--config.log_every=5",
                                    "--config.optimizer.learning_rate=0.5"]))
-    assert config_differences(a, b) == ["optimizer.learning_rate: 0.001 -> 0.5"]
+    assert config_differences(a, b) == ["optimizer.learning_rate: 0.002 -> 0.5"]
 
 
 def test_cli_reports_config_errors(tmp_path):

@@ -60,3 +60,10 @@ def test_lr_mults_matching_nothing_is_an_error():
     with pytest.raises(ConfigError, match="matches no parameter"):
         make_optimizer(opt(lr_mults=(("nope/.*", 2.0),)), PARAMS, 10)
 
+
+
+def test_lr_mults_together_with_a_frozen_subset():
+    u = one_update(opt(lr_mults=(("logit_.*", 10.0),), freeze="enc/bias"))
+    assert float(u["logit_scale"]) == pytest.approx(-1.0)
+    np.testing.assert_allclose(u["enc"]["bias"], 0.0)
+    np.testing.assert_allclose(u["enc"]["kernel"], -0.1)

@@ -86,7 +86,7 @@ def test_restart_with_a_different_config_is_refused(reference_run, tmp_path):
     proc = run_cli(train_cmd(ref_dir, "--config.optimizer.learning_rate=0.5", "--config.seed=3"), check=False)
     assert proc.returncode == 2
     assert "refusing to resume" in proc.stderr
-    assert "optimizer.learning_rate: 0.001 -> 0.5" in proc.stderr and "seed: 0 -> 3" in proc.stderr
+    assert "optimizer.learning_rate: 0.002 -> 0.5" in proc.stderr and "seed: 0 -> 3" in proc.stderr
 
 
 def test_nonfinite_losses_stop_training_with_a_clear_message(tmp_path):

@@ -43,7 +43,11 @@ def lr_multipliers(params: Any, rules) -> Any:
 
 def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
     """Multiplies each update by a constant per leaf (per-parameter learning-rate multipliers)."""
-    return optax.stateless(lambda updates, params=None: jax.tree.map(lambda u, m: u * m, updates, multipliers))
+    def scale(updates, params=None):
+        masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  (frozen leaves in multi_transform)
+        return jax.tree.map(lambda u, m: u if masked(u) else u * m, updates, multipliers, is_leaf=masked)
+
+    return optax.stateless(scale)
 
 
 def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> Callable[[Any], Any]:
