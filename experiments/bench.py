@@ -60,7 +60,6 @@ def main(argv=None) -> None:
     from jvlm.train import loop
 
     workdir = tempfile.mkdtemp(prefix="jvlm_bench_")
-    config.total_steps = max(config.total_steps, 1)
     task, mesh = loop.build(config, workdir)
     task.setup()
     _, shardings, groups, init_state = loop.abstract_state(task, config, mesh)

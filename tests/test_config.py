@@ -57,6 +57,7 @@ def test_bad_overrides(override, match):
     (("model.dtype=float8",), r"model.dtype='float8' is not one of"),
     (("model.loss=hinge",), r"model.loss='hinge' is not one of"),
     (("log_every=0",), r"log_every must be >= 1"),
+    (("eval.batch_size=12",), r"eval.batch_size=12 is not divisible by the data-parallel size 8"),
     (("task=gan",), r"config.task='gan' is unknown; registered tasks: contrastive"),
 ])
 def test_impossible_combinations(overrides, match):

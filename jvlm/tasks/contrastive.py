@@ -43,8 +43,10 @@ class ContrastiveTask(Task):
                               '{"image": ..., "caption": ...} lines or a folder of images with .txt captions.')
         if c.data.source == "tfds" and not c.data.tfds_name:
             raise ConfigError("config.data.source='tfds' needs config.data.tfds_name (a prepared dataset).")
-        if c.eval.batch_size % sharding.data_parallel_size(sharding.resolve_mesh_shape(c.mesh, jax.device_count())):
-            raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel size.")
+        dp = sharding.data_parallel_size(self.mesh.shape)
+        if c.eval.batch_size % dp:
+            raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel "
+                              f"size {dp}; use a multiple of {dp}.")
         size, patch = c.data.image_size, m.image.patch_size
         if size % patch:
             raise ConfigError(
