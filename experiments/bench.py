@@ -53,7 +53,6 @@ def device_peak():
 def main(argv=None) -> None:
     args, config = parse(__doc__, lambda p: p.add_argument("--steps", type=int, default=20), argv)
     import jax
-    import numpy as np
 
     from jvlm import sharding
     from jvlm.data.pipeline import split_host_stats
@@ -87,7 +86,7 @@ def main(argv=None) -> None:
         "config": args.config, "backend": jax.default_backend(), "devices": jax.device_count(),
         "global_batch": config.batch_size, "steps": args.steps,
         "examples_per_s": config.batch_size / step_s, "step_ms_median": 1e3 * step_s, "compile_s": compile_s,
-        "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+        "params": loop.count_params(state.params),
         "flops_per_step": flops, "peak_flops": peak, "peak_source": peak_source,
         "mfu": flops / step_s / peak,
     }))

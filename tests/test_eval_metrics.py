@@ -15,3 +15,11 @@ def test_retrieval_recall_directions_differ():
     assert r["i2t_recall@1"] == 2 / 3 and r["i2t_recall@2"] == 1.0
     # text 0 -> image 0 (hit); text 1 -> image 1 (0.7 beats 0.2, 0.1: hit); text 2 -> image 2 (hit)
     assert r["t2i_recall@1"] == 1.0
+
+
+def test_prompt_ensembling_helpers():
+    from jvlm.eval.metrics import average_templates, class_prompts
+    assert class_prompts(["red circle", "blue star"], ["a {}", "one {}"]) == [
+        "a red circle", "one red circle", "a blue star", "one blue star"]
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 0.0]])
+    np.testing.assert_allclose(average_templates(emb, 2, 2), [[2 ** -0.5, 2 ** -0.5], [1.0, 0.0]])

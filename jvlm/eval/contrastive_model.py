@@ -20,18 +20,16 @@ import numpy as np
 
 from jvlm.data.sources import load_image
 from jvlm.data.tokenizer import Tokenizer
-from jvlm.models.two_tower import TwoTower
-from jvlm.tasks.contrastive import ContrastiveTask, images_to_float
+from jvlm.eval.metrics import average_templates, class_prompts
+from jvlm.tasks.contrastive import ContrastiveTask
 from jvlm.train.checkpoint import load_params
 
 
 class ContrastiveModel:
     def __init__(self, config: ml_collections.ConfigDict, params, tokenizer: Tokenizer, step: int):
         self.config, self.params, self.tokenizer, self.step = config, params, tokenizer, step
-        self.model = ContrastiveTask(config, None, None).model
-        self._image = jax.jit(lambda p, x: self.model.apply({"params": p}, images_to_float(x),
-                                                            method=TwoTower.encode_image))
-        self._text = jax.jit(lambda p, t: self.model.apply({"params": p}, t, method=TwoTower.encode_text))
+        encoders = ContrastiveTask(config, None, None).encoders()  # the same jitted towers training evaluates
+        self._image, self._text = encoders["image"], encoders["text"]
         self._scale = (float(np.exp(params["logit_scale"])),
                        float(params["logit_bias"]) if "logit_bias" in params else None)
 
@@ -74,9 +72,8 @@ class ContrastiveModel:
 
     def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str] = ("a {}",)) -> np.ndarray:
         """One embedding per class: the normalized mean over the templates (prompt ensembling)."""
-        prompts = [t.format(c) for c in class_names for t in templates]
-        emb = self.encode_text(prompts).reshape(len(class_names), len(templates), -1).mean(1)
-        return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+        emb = self.encode_text(class_prompts(class_names, templates))
+        return average_templates(emb, len(class_names), len(templates))
 
     def zero_shot(self, images, class_names: Sequence[str], templates: Sequence[str] = ("a {}",)) -> np.ndarray:
         """Class probabilities [N, C]: a softmax over the model's scaled similarities."""

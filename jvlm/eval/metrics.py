@@ -20,3 +20,14 @@ def retrieval_recall(similarity: np.ndarray, ks=(1, 5)) -> dict[str, float]:
     i2t = topk_accuracy(similarity, target, ks)
     t2i = topk_accuracy(similarity.T, target, ks)
     return {**{f"i2t_recall@{k}": v for k, v in i2t.items()}, **{f"t2i_recall@{k}": v for k, v in t2i.items()}}
+
+
+def class_prompts(class_names, templates) -> list[str]:
+    """Every template filled with every class name, class-major: [c0t0, c0t1, ..., c1t0, ...]."""
+    return [t.format(name) for name in class_names for t in templates]
+
+
+def average_templates(embeddings: np.ndarray, num_classes: int, num_templates: int) -> np.ndarray:
+    """Prompt ensembling: embeddings of class_prompts(...) -> one re-normalized mean per class."""
+    emb = np.asarray(embeddings).reshape(num_classes, num_templates, -1).mean(1)
+    return emb / np.linalg.norm(emb, axis=-1, keepdims=True)

@@ -15,7 +15,7 @@ from jvlm.config import ConfigError, check_choice
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
 from jvlm.data.sources import make_source
-from jvlm.eval.metrics import retrieval_recall, topk_accuracy
+from jvlm.eval.metrics import average_templates, class_prompts, retrieval_recall, topk_accuracy
 from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer, train_sentencepiece
 from jvlm.models.two_tower import TwoTower
 from jvlm.objectives import contrastive
@@ -177,7 +177,7 @@ class ContrastiveTask(Task):
         """Embeddings (and labels) of the first `num` examples of a split, computed sharded."""
         c = self.config
         bs = c.eval.batch_size
-        fn = self._jit_encoders()
+        fn = self.encoders()
         img_out, txt_out, labels = [], [], []
         plain = lambda ex, rng: {"image": ex["image"], "label": np.int32(ex["label"]),  # noqa: E731
                                  "text": self.tokenizer.encode(ex["caption"], c.data.max_text_len)[0]}
@@ -190,7 +190,8 @@ class ContrastiveTask(Task):
             labels.append(batch["label"][valid])
         return (np.concatenate(img_out), np.concatenate(txt_out) if text else None, np.concatenate(labels))
 
-    def _jit_encoders(self):
+    def encoders(self) -> dict:
+        """Jitted {'image': f(params, uint8 images), 'text': f(params, tokens)} -> normalized embeddings."""
         if not hasattr(self, "_encoders"):
             model = self.model
             self._encoders = {
@@ -204,14 +205,13 @@ class ContrastiveTask(Task):
         """One embedding per colour x shape class: the mean over prompt templates, re-normalized."""
         templates = tuple(self.config.eval.templates)
         names = shapes.class_names()
-        prompts = [t.format(name) for name in names for t in templates]
+        prompts = class_prompts(names, templates)
         tokens = np.stack([self.tokenizer.encode(p, self.config.data.max_text_len)[0] for p in prompts])
         pad = (-len(tokens)) % sharding.data_parallel_size(mesh.shape)
         tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
         g = sharding.global_batch(self._local_rows({"text": tokens}), mesh)
-        emb = np.asarray(jax.device_get(self._jit_encoders()["text"](params, g["text"])))[:len(prompts)]
-        emb = emb.reshape(len(names), len(templates), -1).mean(1)
-        return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+        emb = np.asarray(jax.device_get(self.encoders()["text"](params, g["text"])))[:len(prompts)]
+        return average_templates(emb, len(names), len(templates))
 
     def evaluate(self, state, mesh) -> dict[str, Any]:
         if self.config.data.source != "shapes":  # zero-shot classes are the shapes classes

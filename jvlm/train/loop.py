@@ -141,7 +141,7 @@ def initial_state(config, ckpt, abstract, shardings, init_state, mesh, primary):
         _say(primary, f"resumed from checkpoint at step {start_step} in {ckpt.directory}")
         return start_step, state
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-    _say(primary, f"starting fresh: {_count(state.params):,} parameters, mesh {dict(mesh.shape)}")
+    _say(primary, f"starting fresh: {count_params(state.params):,} parameters, mesh {dict(mesh.shape)}")
     init = config.get("init_from", None)
     if init is not None and init.checkpoint:
         params, copied = apply_init_from(state.params, init.checkpoint, init.params)
@@ -225,7 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return last
 
 
-def _count(params) -> int:
+def count_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
