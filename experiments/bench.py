@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     task.setup()
     _, shardings, groups, init_state = loop.abstract_state(task, config, mesh)
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-    local, _ = split_host_stats(next(task.train_loader(0, jax.process_index(), jax.process_count())))
+    local, _ = split_host_stats(next(task.train_loader(0, sharding.process_rows(mesh, config.batch_size))))
     batch = sharding.global_batch(local, mesh)
     step_fn = loop.jit_train_step(task, groups, shardings)
     t = time.perf_counter()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jvlm import distributed
 from jvlm.config import ConfigError, load_config
 
 
 def parse(description: str, extra=None, argv=None):
-    """Returns (args, config). Unknown `--config.*` flags are overrides; anything else is an error."""
+    """Returns (args, config). Unknown `--config.*` flags are overrides; anything else is an error.
+
+    Joins a multi-process runtime first when a launcher asked for one (`jvlm.distributed`)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="configs/X.py or configs/X.py:variant")
     if extra:
@@ -24,5 +27,10 @@ def parse(description: str, extra=None, argv=None):
         config = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        distributed.initialize()
+    except distributed.DistributedConfigError as e:
+        print(f"launch error: {e}", file=sys.stderr)
         sys.exit(2)
     return args, config

@@ -114,6 +114,34 @@ def _path_key(path) -> tuple:
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+def process_rows(mesh: Mesh, global_batch_size: int) -> tuple[int, int]:
+    """[start, stop) of the global batch rows that live on this process's devices.
+
+    The data loader reads exactly these rows, so the global batch assembled from every process's
+    local rows is the same whatever the process count or the device order of the mesh.
+    """
+    dp = data_parallel_size(mesh.shape)
+    if global_batch_size % dp:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by the {dp} data-parallel devices")
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+    spans = sorted({(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop)
+                    for s in index_map.values()})
+    for (_, stop), (start, _) in zip(spans, spans[1:]):
+        if stop != start:
+            raise ValueError(
+                f"this process's devices hold non-contiguous batch rows {spans}; build the mesh so that each "
+                f"process's devices are adjacent along the data axes (jax.make_mesh does this).")
+    return spans[0][0], spans[-1][1]
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of a (possibly multi-process) batch-sharded array, on every process."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Process-local numpy batch (this process's rows) -> global arrays sharded over the batch axes."""
     out = {}

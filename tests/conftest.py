@@ -11,9 +11,19 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/helpers.py, shared test modules
+from helpers import run_cli, train_cmd  # noqa: E402
 
 
 def pytest_configure(config):
     assert jax.device_count() == 8, f"tests need 8 simulated devices, got {jax.device_count()}"
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """The tiny config trained by the real CLI, 1 process x 8 devices: (workdir, CompletedProcess)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = run_cli(train_cmd(workdir))
+    return workdir, proc

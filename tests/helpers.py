@@ -5,6 +5,12 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config", "configs/siglip_shapes.py:tiny", "--config.eval_every=100"]
+
+
+def train_cmd(workdir, *extra):
+    """`experiments.train` on the tiny config (20 steps, checkpoints at 10, 15, 20)."""
+    return ["experiments.train", *TINY, "--workdir", str(workdir), *extra]
 
 
 def run_cli(args, *, env=None, timeout=600, check=True):

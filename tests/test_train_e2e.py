@@ -10,19 +10,12 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, run_cli
+from helpers import REPO, TINY, run_cli, train_cmd
 
 from jvlm.config import load_config
 from jvlm.train import loop
 from jvlm.train.checkpoint import Checkpointer
 from jvlm.train.metrics import read_metrics
-
-TINY = ["--config", "configs/siglip_shapes.py:tiny", "--config.eval_every=100"]
-
-
-def train_cmd(workdir, *extra):
-    return ["experiments.train", *TINY, "--workdir", str(workdir), *extra]
-
 
 def final_params(workdir):
     cfg = load_config("configs/siglip_shapes.py:tiny")
@@ -30,13 +23,6 @@ def final_params(workdir):
     abstract, *_ = loop.abstract_state(task, cfg, mesh)
     step, state, _ = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3).restore_latest(abstract)
     return step, jax.device_get(state)
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("reference")
-    proc = run_cli(train_cmd(workdir))
-    return workdir, proc
 
 
 def test_outputs_of_a_run(reference_run):

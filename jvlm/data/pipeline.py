@@ -2,9 +2,10 @@
 
 The batch of global step s holds the examples at global positions [s*B, (s+1)*B) of an
 infinite stream: epoch e is a seeded permutation of the source (grain's per-epoch shuffle).
-Process p of P reads positions [s*B + p*B/P, s*B + (p+1)*B/P). So a run on 2 processes and one
-on 1 process see the same global batches, and the iterator state is just the next step, which
-restores across process counts. Per-example augmentation randomness is seeded by (seed, position).
+A process reads only the rows [start, stop) of each global batch that its devices hold
+(`jvlm.sharding.process_rows`): positions [s*B + start, s*B + stop). So a run on 2 processes and
+one on 1 process see the same global batches, and the iterator state is just the next step,
+which restores across process counts. Per-example augmentation randomness is seeded by (seed, position).
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ class StepIndexedLoader:
     """Iterates process-local batches for steps start_step, start_step+1, ..., num_steps-1."""
 
     def __init__(self, source, *, global_batch: int, seed: int, transform: Transform, start_step: int,
-                 num_steps: int, process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                 num_steps: int, rows: tuple[int, int] | None = None, shuffle: bool = True,
                  num_threads: int = 2, prefetch: int = 4):
-        if global_batch % process_count:
-            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        """rows: this process's [start, stop) of every global batch (default: all of it)."""
+        first, stop = rows if rows is not None else (0, global_batch)
+        if not 0 <= first < stop <= global_batch:
+            raise ValueError(f"rows {rows} are not a non-empty range within the global batch {global_batch}")
         if len(source) == 0:
             raise ValueError(f"data source {source!r} is empty")
         self.global_batch, self.seed = global_batch, seed
-        self.local_batch = global_batch // process_count
-        self.process_index = process_index
+        self.local_batch = stop - first
         self.next_step = start_step
         stream = grain.MapDataset.source(source)
         stream = (stream.shuffle(seed=seed) if shuffle else stream).repeat()
@@ -37,7 +39,7 @@ class StepIndexedLoader:
 
         def element(j: int) -> dict:
             step, r = divmod(j, b)
-            pos = step * global_batch + process_index * b + r
+            pos = step * global_batch + first + r
             return transform(stream[pos], np.random.default_rng((seed, pos)))
 
         local = grain.MapDataset.range(start_step * b, max(num_steps, start_step) * b).map(element).batch(b)
@@ -55,6 +57,14 @@ class StepIndexedLoader:
     def get_state(self) -> dict:
         """JSON-serializable; independent of the number of processes."""
         return {"next_step": self.next_step, "seed": self.seed, "global_batch": self.global_batch}
+
+
+def even_rows(process_index: int, process_count: int, global_batch: int) -> tuple[int, int]:
+    """Rows of process p when each of P processes holds an equal, contiguous block (tests, tools)."""
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    n = global_batch // process_count
+    return process_index * n, (process_index + 1) * n
 
 
 def fixed_batches(source, *, batch_size: int, num_examples: int, transform: Transform, seed: int = 0):

@@ -41,8 +41,8 @@ class Task(abc.ABC):
         """One ParamGroup (loss + optimizer) per parameter group; `params` may be abstract."""
 
     @abc.abstractmethod
-    def train_loader(self, start_step: int, process_index: int, process_count: int) -> StepIndexedLoader:
-        ...
+    def train_loader(self, start_step: int, rows: tuple[int, int]) -> StepIndexedLoader:
+        """Batches for steps start_step.. ; this process reads rows [start, stop) of each global batch."""
 
     def evaluate(self, state, mesh: Mesh) -> dict[str, float]:
         """Eval metrics named `eval/...`; default none."""

@@ -160,18 +160,17 @@ class ContrastiveTask(Task):
                                data_dir=d.tfds_data_dir or None, caption_key=d.caption_key)
         return shapes.ShapesSource(split, image_size=d.image_size, seed=d.seed)
 
-    def train_loader(self, start_step, process_index, process_count):
+    def train_loader(self, start_step, rows):
         c = self.config
         return StepIndexedLoader(
             self._source("train"), global_batch=c.batch_size, seed=c.seed, transform=self.transform,
-            start_step=start_step, num_steps=c.total_steps, process_index=process_index,
-            process_count=process_count, num_threads=c.data.num_threads, prefetch=c.data.prefetch)
+            start_step=start_step, num_steps=c.total_steps, rows=rows, num_threads=c.data.num_threads, prefetch=c.data.prefetch)
 
     # ---------------------------------------------------------------- evaluation
-    def _local_rows(self, batch: dict) -> dict:
-        n = len(next(iter(batch.values()))) // jax.process_count()
-        i = jax.process_index()
-        return {k: v[i * n:(i + 1) * n] for k, v in batch.items() if not k.startswith("_")}
+    @staticmethod
+    def _local_rows(batch: dict, mesh) -> dict:
+        start, stop = sharding.process_rows(mesh, len(next(iter(batch.values()))))
+        return {k: v[start:stop] for k, v in batch.items() if not k.startswith("_")}
 
     def _encode(self, params, mesh, split: str, num: int, *, text: bool):
         """Embeddings (and labels) of the first `num` examples of a split, computed sharded."""
@@ -183,10 +182,10 @@ class ContrastiveTask(Task):
                                  "text": self.tokenizer.encode(ex["caption"], c.data.max_text_len)[0]}
         for batch in fixed_batches(self._source(split), batch_size=bs, num_examples=num, transform=plain):
             valid = batch["_valid"]
-            g = sharding.global_batch(self._local_rows(batch), mesh)
-            img_out.append(np.asarray(jax.device_get(fn["image"](params, g["image"])))[valid])
+            g = sharding.global_batch(self._local_rows(batch, mesh), mesh)
+            img_out.append(sharding.to_host(fn["image"](params, g["image"]))[valid])
             if text:
-                txt_out.append(np.asarray(jax.device_get(fn["text"](params, g["text"])))[valid])
+                txt_out.append(sharding.to_host(fn["text"](params, g["text"]))[valid])
             labels.append(batch["label"][valid])
         return (np.concatenate(img_out), np.concatenate(txt_out) if text else None, np.concatenate(labels))
 
@@ -209,8 +208,8 @@ class ContrastiveTask(Task):
         tokens = np.stack([self.tokenizer.encode(p, self.config.data.max_text_len)[0] for p in prompts])
         pad = (-len(tokens)) % sharding.data_parallel_size(mesh.shape)
         tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
-        g = sharding.global_batch(self._local_rows({"text": tokens}), mesh)
-        emb = np.asarray(jax.device_get(self.encoders()["text"](params, g["text"])))[:len(prompts)]
+        g = sharding.global_batch(self._local_rows({"text": tokens}, mesh), mesh)
+        emb = sharding.to_host(self.encoders()["text"](params, g["text"]))[:len(prompts)]
         return average_templates(emb, len(names), len(templates))
 
     def evaluate(self, state, mesh) -> dict[str, Any]:

@@ -108,10 +108,18 @@ def _prepare_workdir(config, workdir: str) -> None:
 
 
 class _StopFlag:
-    """SIGTERM (preemption notice) -> save a checkpoint at the next step boundary and exit."""
+    """SIGTERM (preemption notice) -> save a checkpoint at a step boundary and exit.
+
+    With several processes, each may see the signal at a different step, and a checkpoint is a
+    collective: JAX's preemption service (it owns SIGTERM once `jax.distributed` is up) agrees on
+    one step for all of them, `multihost_utils.reached_preemption_sync_point`.
+    """
 
     def __init__(self):
         self.requested = False
+        self._multi = jax.process_count() > 1
+        if self._multi:
+            return
         try:
             signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread (e.g. inside a notebook worker)
@@ -119,6 +127,13 @@ class _StopFlag:
 
     def _handle(self, *_):
         self.requested = True
+
+    def check(self, step: int) -> bool:
+        """Called by every process after every step; True when all should save and stop now."""
+        if self._multi:
+            from jax.experimental import multihost_utils
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
 
 def jit_train_step(task, groups, shardings):
@@ -138,7 +153,7 @@ def initial_state(config, ckpt, abstract, shardings, init_state, mesh, primary):
         start_step, state, data_state = restored
         if data_state.get("next_step") != start_step:
             raise RuntimeError(f"checkpoint {start_step}: data iterator state {data_state} does not match the step.")
-        _say(primary, f"resumed from checkpoint at step {start_step} in {ckpt.directory}")
+        _say(primary, f"resumed from checkpoint at step {start_step} in {ckpt.directory}, mesh {dict(mesh.shape)}")
         return start_step, state
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
     _say(primary, f"starting fresh: {count_params(state.params):,} parameters, mesh {dict(mesh.shape)}")
@@ -164,7 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                         async_save=config.get("checkpoint_async", True))
     start_step, state = initial_state(config, ckpt, abstract, shardings, init_state, mesh, primary)
     jit_step = jit_train_step(task, groups, shardings)
-    loader = task.train_loader(start_step, jax.process_index(), jax.process_count())
+    loader = task.train_loader(start_step, sharding.process_rows(mesh, config.batch_size))
     writer = MetricsWriter(workdir, start_step=start_step, enabled=primary)
     progress = Progress(config.total_steps, name, enabled=primary and config.get("progress", True))
     stop = _StopFlag()
@@ -204,6 +219,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                         f"{row['nonfinite_count']} steps were skipped because the loss or gradients were not "
                         f"finite (max_nonfinite_steps={max_nonfinite}). Lower optimizer.learning_rate, set "
                         f"optimizer.grad_clip_norm, or train in float32 (model.dtype).")
+            stopping = stop.check(done)
             t_pause = time.perf_counter()  # evaluation and checkpointing are not training throughput
             if done % config.eval_every == 0 or done == config.total_steps:
                 evals = task.evaluate(state, mesh)
@@ -213,10 +229,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if row:
                 writer.write(done, row)
                 last.update(row)
-            if done % config.checkpoint_every == 0 or done == config.total_steps or stop.requested:
+            if done % config.checkpoint_every == 0 or done == config.total_steps or stopping:
                 ckpt.save(done, state, loader.get_state())
             paused += time.perf_counter() - t_pause
-            if stop.requested:
+            if stopping:
                 _say(primary, f"SIGTERM: saved checkpoint at step {done}; exiting.")
                 break
     finally:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jvlm.data import shapes
-from jvlm.data.pipeline import StepIndexedLoader, fixed_batches, split_host_stats
+from jvlm.data.pipeline import StepIndexedLoader, even_rows, fixed_batches, split_host_stats
 
 
 def transform(example, rng):
@@ -17,7 +17,7 @@ def transform(example, rng):
 def loader(start, processes=1, index=0, seed=0, steps=6, batch=8, threads=2):
     src = shapes.ShapesSource("train", image_size=32, num_examples=20)  # 20 % 8 != 0: batches straddle epochs
     return StepIndexedLoader(src, global_batch=batch, seed=seed, transform=transform, start_step=start,
-                             num_steps=steps, process_index=index, process_count=processes, num_threads=threads)
+                             num_steps=steps, rows=even_rows(index, processes, batch), num_threads=threads)
 
 
 def global_batches(processes, start=0, **kw):
