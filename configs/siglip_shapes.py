@@ -35,7 +35,12 @@ def get_config(arg: str = "") -> ConfigDict:
     c.progress = True
     c.profile = ConfigDict(dict(start_step=-1, num_steps=3))  # jax.profiler trace into WORKDIR/profile
 
-    c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
+    # data x fsdp x model devices; fsdp>1 shards parameters and optimizer state (ZeRO-3), model>1 is
+    # tensor parallelism. dcn: sizes across slices (multi-slice TPU / hosts on a slower network); the
+    # other sizes are then per slice. sharding_rules: (logical axis, mesh axes) overrides of
+    # jvlm.sharding.LOGICAL_RULES, e.g. (("length", "model"),) for sequence parallelism.
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1, dcn=ConfigDict(dict(data=1, fsdp=1, model=1))))
+    c.sharding_rules = ()
     # Used only when the workdir has no checkpoint yet: copy params matching `params` ('group/path' regex).
     c.init_from = ConfigDict(dict(checkpoint="", params=".*", required=False))
 
@@ -116,7 +121,6 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.model.dtype = "bfloat16"
         c.batch_size = 32_768
         c.model.loss_impl = "ring"
-        c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
     elif arg:
         raise ValueError(f"unknown variant {arg!r} for siglip_shapes; use '', 'tiny', "
                          f"'lit', 'peer', or a preset: {', '.join(presets.SIGLIP)}")

@@ -36,6 +36,7 @@ COMMON_KEYS = {
 RESUMABLE_DIFFERENCES = (
     "total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "profile", "progress", "max_nonfinite_steps", "init_from",  # init_from only matters for a fresh start
+    "mesh", "sharding_rules",  # checkpoints restore onto any mesh (a bigger or smaller pod slice)
 )
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")

@@ -1,13 +1,27 @@
 """Device mesh from config, logical-axis rules, and process-local -> global arrays.
 
 Mode: every mesh axis is `AxisType.Auto` (GSPMD propagation). Model code names logical axes
-("batch", "embed", "mlp", ...), `LOGICAL_RULES` maps them to mesh axes, and `jax.jit` with
-`NamedSharding` in/out shardings lets XLA partition the rest. Code that needs explicit
-collectives (the ring sigmoid loss) enters `jax.shard_map` over the same mesh.
+("batch", "embed", "mlp", ...) on parameters and activations, `LOGICAL_RULES` maps them to mesh
+axes, and `jax.jit` with `NamedSharding` in/out shardings lets XLA partition the rest. Code that
+needs explicit collectives (the ring sigmoid loss) enters `jax.shard_map` over the same mesh.
+
+Strategies come from the mesh shape, with one rule table:
+- data parallel: mesh data=N. Parameters replicated, batch split.
+- FSDP (ZeRO-3): mesh fsdp=N. Parameters and optimizer state split on their "embed" dimension;
+  the batch is split over data x fsdp, so XLA all-gathers weights per layer, reduce-scatters grads.
+- tensor parallel (Megatron): mesh model=N. Attention heads, MLP hidden units and the vocabulary
+  split over `model`; activations of those dimensions too.
+- sequence parallel: `config.sharding_rules = (("length", "model"),)` also splits the
+  [batch, length, embed] activations between the tensor-parallel blocks over `model`.
+`config.sharding_rules` entries (logical axis, mesh axes) replace the default rule of that axis.
+Rules apply in order and a mesh axis is used once per array, so an activation [batch, length,
+embed] under FSDP is split on batch (data, fsdp) and not again on embed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any, Mapping, Sequence
 
@@ -34,29 +48,123 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, int]:
-    """{'data': -1, 'fsdp': 2, 'model': 1} with 8 devices -> {'data': 4, 'fsdp': 2, 'model': 1}."""
+def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
+    """LOGICAL_RULES with `config.sharding_rules` overrides applied (same order; new axes last)."""
+    from jvlm.config import ConfigError
+
+    rules = dict(LOGICAL_RULES)
+    for entry in config.get("sharding_rules", ()) or ():
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ConfigError(f"config.sharding_rules entries are (logical_axis, mesh_axes) pairs, got {entry!r}; "
+                              f"e.g. (('length', 'model'),) for sequence parallelism.")
+        name, axes = entry
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        bad = [a for a in names if a not in MESH_AXES]
+        if bad:
+            raise ConfigError(f"config.sharding_rules: {name!r} -> {axes!r} names unknown mesh axes {bad}; "
+                              f"mesh axes are {MESH_AXES} (or None for replicated).")
+        rules[name] = None if not names else names[0] if len(names) == 1 else names
+    return tuple(rules.items())
+
+
+_ACTIVATION_RULES: contextvars.ContextVar = contextvars.ContextVar("jvlm_activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules=LOGICAL_RULES):
+    """While a model is traced under this context, its `constrain` calls pin activation shardings.
+
+    Our own context rather than flax's global rules: those would also re-constrain every
+    parameter as it is read (flax's DenseGeneral reads its kernel flat, which then fails);
+    parameters already get their shardings from the jitted step's in_shardings.
+    """
+    token = _ACTIVATION_RULES.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
+    """Sharding constraint by logical axis names; a no-op outside `activation_rules` (eval, inference)."""
+    active = _ACTIVATION_RULES.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, nn.logical_to_mesh_axes(logical_axes, rules)))
+
+
+def check_divisible(abstract_params: Any, shardings: Any, mesh: Mesh) -> None:
+    """Names the parameter whose dimension a mesh axis does not divide, before anything compiles."""
+    from jvlm.config import ConfigError
+
+    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
+                                      jax.tree.leaves(shardings)):
+        for dim, axes in zip(leaf.shape, sharding.spec):
+            names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            n = math.prod(mesh.shape[a] for a in names)
+            if dim % n:
+                raise ConfigError(
+                    f"parameter {'/'.join(_path_key(path))} {tuple(leaf.shape)}: dimension {dim} is split over "
+                    f"mesh axes {names} of size {n}, which does not divide it. Change the mesh "
+                    f"(config.mesh), the model width/heads/mlp_dim, or map that logical axis to None in "
+                    f"config.sharding_rules.")
+
+
+def _split_dcn(mesh_config: Mapping[str, Any]) -> tuple[dict, dict[str, int]]:
+    """config.mesh -> (per-slice sizes, sizes across slices). `mesh.dcn` is the optional DCN part."""
+    from jvlm.config import ConfigError
+
+    ici = {k: v for k, v in mesh_config.items() if k != "dcn"}
+    dcn_config = mesh_config.get("dcn", None) or {}
+    unknown = set(dcn_config) - set(MESH_AXES)
+    if unknown:
+        raise ConfigError(f"config.mesh.dcn has unknown axes {sorted(unknown)}; valid axes are {MESH_AXES}.")
+    dcn = {axis: int(dcn_config.get(axis, 1)) for axis in MESH_AXES}
+    if any(n < 1 for n in dcn.values()):
+        raise ConfigError(f"config.mesh.dcn sizes must be >= 1 (no -1 across slices), got {dcn}.")
+    return ici, dcn
+
+
+def resolve_mesh_shape(mesh_config: Mapping[str, Any], num_devices: int) -> dict[str, int]:
+    """{'data': -1, 'fsdp': 2, 'model': 1} with 8 devices -> {'data': 4, 'fsdp': 2, 'model': 1}.
+
+    With `dcn` sizes (a hybrid mesh across slices), the other sizes are per slice, -1 resolves
+    within a slice, and the result is the total: per-slice size x DCN size for each axis.
+    """
+    from jvlm.config import ConfigError
+
+    ici_config, dcn = _split_dcn(mesh_config)
+    slices = math.prod(dcn.values())
+    if num_devices % slices:
+        raise ConfigError(f"config.mesh.dcn {dcn} spans {slices} slices, which does not divide the "
+                          f"{num_devices} devices.")
+    ici = _resolve_one(ici_config, num_devices // slices, "config.mesh")
+    return {axis: ici[axis] * dcn[axis] for axis in MESH_AXES}
+
+
+def _resolve_one(mesh_config: Mapping[str, int], num_devices: int, name: str) -> dict[str, int]:
     from jvlm.config import ConfigError
 
     unknown = set(mesh_config) - set(MESH_AXES)
     if unknown:
-        raise ConfigError(f"config.mesh has unknown axes {sorted(unknown)}; valid axes are {MESH_AXES}.")
+        raise ConfigError(f"{name} has unknown axes {sorted(unknown)}; valid axes are {MESH_AXES} (and dcn).")
     shape = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
     free = [a for a, n in shape.items() if n == -1]
     if len(free) > 1:
-        raise ConfigError(f"config.mesh: only one axis may be -1 ('the rest'), got {free}.")
+        raise ConfigError(f"{name}: only one axis may be -1 ('the rest'), got {free}.")
     if any(n == 0 or n < -1 for n in shape.values()):
-        raise ConfigError(f"config.mesh sizes must be positive or -1, got {shape}.")
+        raise ConfigError(f"{name} sizes must be positive or -1, got {shape}.")
     fixed = math.prod(n for n in shape.values() if n != -1)
     if free:
         if num_devices % fixed:
             raise ConfigError(
-                f"config.mesh {shape}: the fixed axes use {fixed} devices, which does not divide the "
+                f"{name} {shape}: the fixed axes use {fixed} devices, which does not divide the "
                 f"{num_devices} available devices. Change the mesh sizes.")
         shape[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise ConfigError(
-            f"config.mesh {shape} uses {fixed} devices but {num_devices} are available; "
+            f"{name} {shape} uses {fixed} devices but {num_devices} are available; "
             f"set one axis to -1 to use the rest, e.g. --config.mesh.data=-1.")
     return shape
 
@@ -65,12 +173,30 @@ def data_parallel_size(shape: Mapping[str, int]) -> int:
     return math.prod(shape[a] for a in BATCH_AXES)
 
 
-def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The device mesh. With `mesh.dcn` (multi-slice TPU, or several hosts over a slower network),
+    devices are grouped by slice (`device.slice_index`; by process where all say slice 0) and each
+    axis is laid out slice-major: its DCN part crosses slices, its per-slice part stays on ICI."""
     devices = list(devices) if devices is not None else jax.devices()
     shape = resolve_mesh_shape(mesh_config, len(devices))
-    return jax.make_mesh(
-        tuple(shape[a] for a in MESH_AXES), MESH_AXES,
-        axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    _, dcn = _split_dcn(mesh_config)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if math.prod(dcn.values()) == 1:
+        return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, axis_types=axis_types, devices=devices)
+    from jax.experimental import mesh_utils
+
+    ici = [shape[a] // dcn[a] for a in MESH_AXES]
+    # Multi-slice TPUs number their slices; elsewhere (CPU, GPU hosts) every device says slice 0.
+    by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
+    try:
+        grid = mesh_utils.create_hybrid_device_mesh(ici, [dcn[a] for a in MESH_AXES], devices,
+                                                    process_is_granule=not by_slice)
+    except ValueError as e:
+        from jvlm.config import ConfigError
+        unit = "slices" if by_slice else "processes"
+        raise ConfigError(f"config.mesh.dcn {dcn}: the DCN sizes must multiply to the number of {unit} "
+                          f"holding the devices ({e}).") from None
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
@@ -87,27 +213,23 @@ def logical_shardings(boxed_abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES)
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def shard_like_params(tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
-    """Shardings for an optimizer-state tree: a leaf whose key path ends with a parameter's path
-    (and has its shape) gets that parameter's sharding; everything else is replicated."""
+def shard_like_params(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for an optimizer-state tree built from `params` (e.g. Adam's mu and nu): a leaf
+    whose key path ends with a parameter's path and has that parameter's shape gets its sharding
+    (so FSDP splits optimizer state like the parameters); everything else is replicated."""
     by_path = {}
-    for path, sharding in jax.tree_util.tree_leaves_with_path(param_shardings):
-        by_path[_path_key(path)] = sharding
+    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(param_shardings)):
+        by_path[_path_key(path)] = (sharding, tuple(leaf.shape))
 
     def pick(path, leaf):
         key = _path_key(path)
         for start in range(len(key)):
-            sharding = by_path.get(key[start:])
-            if sharding is not None and _fits(sharding, leaf):
+            sharding, shape = by_path.get(key[start:], (None, None))
+            if sharding is not None and shape == tuple(getattr(leaf, "shape", ())):
                 return sharding
         return replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(pick, tree)
-
-
-def _fits(sharding: NamedSharding, leaf) -> bool:
-    shape = getattr(leaf, "shape", ())
-    return len(shape) >= len(sharding.spec)
 
 
 def _path_key(path) -> tuple:

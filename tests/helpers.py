@@ -4,6 +4,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
+
+from jvlm import sharding
+from jvlm.config import load_config
+from jvlm.train import loop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config", "configs/siglip_shapes.py:tiny", "--config.eval_every=100"]
 
@@ -21,3 +28,26 @@ def run_cli(args, *, env=None, timeout=600, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def contrastive_setup(n_devices, *overrides):
+    cfg = load_config("configs/siglip_shapes.py:tiny", [f"--config.{o}" for o in overrides])
+    task, mesh = loop.build(cfg, None, devices=jax.devices()[:n_devices])
+    _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
+    return loop.jit_train_step(task, groups, shardings), state, mesh
+
+
+def fake_batches(n, batch=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+             "text": np.concatenate([rng.integers(3, 200, (batch, 10)), np.ones((batch, 1)),
+                                     np.zeros((batch, 13))], 1).astype(np.int32)} for _ in range(n)]
+
+
+def train(fn, state, mesh, batches):
+    losses = []
+    for b in batches:
+        state, m = fn(state, sharding.global_batch(b, mesh))
+        losses.append(float(m["loss"]))
+    return state, losses

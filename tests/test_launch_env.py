@@ -1,9 +1,12 @@
 """The environment handling of the launchers, without a cluster: what each process is told."""
 
+import os
 import re
+import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
 from jvlm.distributed import DistributedConfigError, init_args
 from launch import local
@@ -56,3 +59,65 @@ def test_local_arguments():
 def test_a_failing_process_fails_the_launch():
     code = "import os, sys; sys.exit(3 if os.environ['JVLM_PROCESS_ID'] == '1' else 0)"
     assert local.launch(2, 1, [sys.executable, "-c", code]) == 3
+
+
+def bash(script, *args, env):
+    full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")} | env
+    return subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], env=full, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_slurm_script_runs_one_srun_with_distributed_auto():
+    per_gpu = bash("slurm.sbatch", "--config", "c.py", "--workdir", "/shared/run",
+                   env={"DRY_RUN": "1", "SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "8"})
+    assert per_gpu.returncode == 0, per_gpu.stderr
+    assert per_gpu.stdout.split() == ["srun", "--kill-on-bad-exit=1", "env", "JVLM_DISTRIBUTED=auto", "python3",
+                                      "-m", "experiments.train", "--config", "c.py", "--workdir", "/shared/run"]
+    per_node = bash("slurm.sbatch", "--config", "c.py", "--workdir", "/shared/run",
+                    env={"DRY_RUN": "1", "SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "4"})
+    assert r"JAX_LOCAL_DEVICE_IDS=0\,1\,2\,3" in per_node.stdout  # one process drives all 4 GPUs
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--config", "c.py", "--workdir", "/w"], {}, "not inside a SLURM job"),
+    (["--workdir", "/w"], {"SLURM_JOB_ID": "7"}, "missing --config"),
+    (["--config", "c.py"], {"SLURM_JOB_ID": "7"}, "missing --workdir"),
+    (["--config", "c.py", "--workdir", "/w"], {"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "1"}, "GPUS_PER_NODE"),
+])
+def test_slurm_script_names_what_is_missing(args, env, message):
+    proc = bash("slurm.sbatch", *args, env=env | {"DRY_RUN": "1"})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+POD = {"DRY_RUN": "1", "TPU_NAME": "pod", "ZONE": "us-central2-b"}
+
+
+def test_tpu_pod_script_creates_installs_mounts_and_runs_on_all_workers():
+    proc = bash("tpu_pod.sh", "--config", "configs/siglip_shapes.py:B/16", "--workdir", "gs://bkt/runs/b16",
+                "--config.total_steps=5", env=POD | {"ACCELERATOR_TYPE": "v4-32", "SPOT": "1"})
+    assert proc.returncode == 0, proc.stderr
+    create, archive, scp, setup, train = proc.stdout.strip().splitlines()
+    assert create.startswith("gcloud compute tpus tpu-vm create pod --zone=us-central2-b --accelerator-type=v4-32")
+    assert create.strip().endswith("--spot") and archive.startswith("git -C ")
+    assert all("--worker=all" in line for line in (scp, setup, train))
+    assert "gcsfuse --implicit-dirs bkt /gcs/bkt" in setup.replace("\\", "")
+    assert train.replace("\\", "").endswith("JVLM_DISTRIBUTED=auto python3 -m experiments.train --config "
+                                            "configs/siglip_shapes.py:B/16 --workdir /gcs/bkt/runs/b16 "
+                                            "--config.total_steps=5")
+
+
+def test_tpu_pod_script_reuses_a_slice_without_accelerator_type():
+    proc = bash("tpu_pod.sh", "--config", "c.py", "--workdir=gs://bkt/r", env=POD)
+    assert proc.returncode == 0 and " create " not in proc.stdout
+    assert "--workdir=/gcs/bkt/r" in proc.stdout.replace("\\", "")
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--config", "c.py", "--workdir", "gs://b/r"], {"TPU_NAME": ""}, "set TPU_NAME"),
+    (["--config", "c.py", "--workdir", "gs://b/r"], {"ZONE": ""}, "set ZONE"),
+    (["--config", "c.py", "--workdir", "/local/run"], {}, "must be a bucket path gs://BUCKET/PATH"),
+    (["--workdir", "gs://b/r"], {}, "missing --config"),
+])
+def test_tpu_pod_script_names_what_is_missing(args, env, message):
+    proc = bash("tpu_pod.sh", *args, env=POD | env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -27,8 +27,9 @@ def checkpoint_steps(workdir):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
+    # A hybrid mesh as on a multi-slice pod: data = 4 within a process (ICI) x 2 across processes (DCN).
     workdir = tmp_path_factory.mktemp("two_process")
-    proc = run_cli(TWO_BY_FOUR + train_cmd(workdir))
+    proc = run_cli(TWO_BY_FOUR + train_cmd(workdir, "--config.mesh.dcn.data=2"))
     return workdir, proc
 
 

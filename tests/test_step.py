@@ -5,35 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import contrastive_setup, fake_batches, train
 
 from jvlm import sharding
 from jvlm.config import load_config
 from jvlm.train import loop
 from jvlm.train.state import TrainState
 from jvlm.train.step import LossOutput, ParamGroup, make_train_step
-
-
-def contrastive_setup(n_devices, *overrides):
-    cfg = load_config("configs/siglip_shapes.py:tiny", [f"--config.{o}" for o in overrides])
-    task, mesh = loop.build(cfg, None, devices=jax.devices()[:n_devices])
-    _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
-    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
-    return loop.jit_train_step(task, groups, shardings), state, mesh
-
-
-def fake_batches(n, batch=16, seed=0):
-    rng = np.random.default_rng(seed)
-    return [{"image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
-             "text": np.concatenate([rng.integers(3, 200, (batch, 10)), np.ones((batch, 1)),
-                                     np.zeros((batch, 13))], 1).astype(np.int32)} for _ in range(n)]
-
-
-def train(fn, state, mesh, batches):
-    losses = []
-    for b in batches:
-        state, m = fn(state, sharding.global_batch(b, mesh))
-        losses.append(float(m["loss"]))
-    return state, losses
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

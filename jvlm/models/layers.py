@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jvlm import sharding
+
 Dtype = Any
 
 REMAT_POLICIES = {
@@ -35,7 +37,8 @@ def layer_norm(dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
 
 
 def constrain(x, axes):
-    return nn.with_logical_constraint(x, axes)
+    """Pins an activation's sharding by logical axes while a train step is traced (jvlm.sharding)."""
+    return sharding.constrain(x, axes)
 
 
 class Mlp(nn.Module):

@@ -17,7 +17,7 @@ class Task(abc.ABC):
     # Top-level config keys this task reads beyond jvlm.config.COMMON_KEYS.
     optional_keys: tuple[str, ...] = (
         "grad_accum_steps", "ema_decay", "max_nonfinite_steps", "profile", "eval", "checkpoint_async", "progress",
-        "init_from")
+        "init_from", "sharding_rules")
 
     # True when the task's own loss handles config.grad_accum_steps (losses that couple examples).
     handles_grad_accum: bool = False
@@ -43,6 +43,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def train_loader(self, start_step: int, rows: tuple[int, int]) -> StepIndexedLoader:
         """Batches for steps start_step.. ; this process reads rows [start, stop) of each global batch."""
+
+    @abc.abstractmethod
+    def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes and dtypes of one global training batch (device keys only): for AOT compilation."""
 
     def evaluate(self, state, mesh: Mesh) -> dict[str, float]:
         """Eval metrics named `eval/...`; default none."""

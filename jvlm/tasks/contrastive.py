@@ -144,6 +144,11 @@ class ContrastiveTask(Task):
                                                                 axis=sharding.BATCH_AXES)
         return LossOutput(loss, {"temperature": jnp.exp(jnp.minimum(scale, jnp.log(100.0)))})
 
+    def abstract_batch(self, batch_size):
+        d = self.config.data
+        return {"image": jax.ShapeDtypeStruct((batch_size, d.image_size, d.image_size, 3), jnp.uint8),
+                "text": jax.ShapeDtypeStruct((batch_size, d.max_text_len), jnp.int32)}
+
     def transform(self, example: dict, rng: np.random.Generator) -> dict:
         if self.config.data.flip and self.config.data.source == "shapes" and rng.random() < 0.5:
             example = shapes.flip_horizontal(example)  # swaps left/right in the caption too

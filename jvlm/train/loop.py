@@ -52,8 +52,9 @@ def abstract_state(task, config, mesh):
     """(abstract TrainState with shardings, shardings, param groups): nothing is materialized."""
     rng = jax.random.PRNGKey(config.seed)
     boxed_params, _ = jax.eval_shape(task.init, rng)
-    param_shardings = sharding.logical_shardings(boxed_params, mesh)
+    param_shardings = sharding.logical_shardings(boxed_params, mesh, sharding.rules_from_config(config))
     params = _unbox(boxed_params)
+    sharding.check_divisible(params, param_shardings, mesh)
     groups = task.param_groups(params)
 
     def init_state(rng):
@@ -66,7 +67,8 @@ def abstract_state(task, config, mesh):
     rep = sharding.replicated(mesh)
     shardings = TrainState(
         step=rep, params=param_shardings,
-        opt_state=sharding.shard_like_params(abstract.opt_state, param_shardings, mesh),
+        opt_state={g: sharding.shard_like_params(abstract.opt_state[g], params[g], param_shardings[g], mesh)
+                   for g in abstract.opt_state},  # per group: optimizer trees hold group-relative paths
         model_state=jax.tree.map(lambda _: rep, abstract.model_state),
         ema_params=param_shardings if abstract.ema_params is not None else None,
         rng=rep, nonfinite_count=rep)
@@ -139,9 +141,11 @@ class _StopFlag:
 def jit_train_step(task, groups, shardings):
     """The compiled step: step keys are fold_in(state.rng, state.step); the state is donated."""
     train_step = make_step(task, groups)
+    rules = sharding.rules_from_config(task.config)
 
     def step_fn(state, batch):
-        return train_step(state, batch, jax.random.fold_in(state.rng, state.step))
+        with sharding.activation_rules(task.mesh, rules):  # activations follow the same rule table
+            return train_step(state, batch, jax.random.fold_in(state.rng, state.step))
 
     return jax.jit(step_fn, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
 

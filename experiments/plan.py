@@ -1,0 +1,199 @@
+"""Will a config fit? Compile its train step ahead of time for N devices and report per-device memory,
+FLOPs and collectives, without the hardware.
+
+    python -m experiments.plan --config configs/siglip_shapes.py:B/16 --devices 256 --mesh data=32,fsdp=8
+    python -m experiments.plan --config configs/siglip_shapes.py:L/16 --topology v5e:16x16   # needs libtpu
+
+Without --topology, the step is compiled by XLA's CPU compiler for N simulated devices: the
+sharding (SPMD partitioning), per-device shapes and collectives are the real ones, but layouts,
+fusion, and bf16 handling differ from a TPU/GPU compiler, so the memory figures are an estimate
+(the output says so). With --topology (libtpu installed), the step is compiled for that TPU
+topology, as MaxText's ahead-of-time compilation does. Nothing is allocated or run either way.
+Add --json for one machine-readable line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_OP = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """{op: {"count", "bytes"}} over the per-device program: static occurrences (an op inside a loop
+    counts once) and the bytes of their results."""
+    out = {}
+    for match in _OP.finditer(hlo_text):
+        op = match.group(2)
+        nbytes = sum(_DTYPE_BYTES[d] * math.prod(int(x) for x in dims.split(",") if x)
+                     for d, dims in _SHAPE.findall(match.group(1)))
+        entry = out.setdefault(op, {"count": 0, "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += nbytes
+    return out
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (the largest shard)."""
+    import jax
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shard) * leaf.dtype.itemsize
+    return total
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    mesh = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--mesh {text!r}: write axis=size pairs, e.g. --mesh data=32,fsdp=8,model=1")
+        mesh[key.strip()] = int(value)
+    return mesh
+
+
+def _preparse(argv):
+    """--devices must be known before JAX starts its CPU backend."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--devices", type=int, default=0)
+    parser.add_argument("--topology", default="")
+    args, _ = parser.parse_known_args(argv)
+    return args
+
+
+def plan(config, devices, *, compiler_note: str) -> dict:
+    """Compiles the train step of `config` for `devices`; returns the report as a dict."""
+    import jax
+
+    from jvlm import sharding
+    from jvlm.train import loop
+
+    task, mesh = loop.build(config, None, devices)  # validates the config against this device count
+    abstract, shardings, groups, _ = loop.abstract_state(task, config, mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, len(v.shape)))
+             for k, v in task.abstract_batch(config.batch_size).items()}
+    compiled = loop.jit_train_step(task, groups, shardings).lower(abstract, batch).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops_device = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    opt = per_device_bytes(abstract.opt_state)
+    params = per_device_bytes(abstract.params)
+    ema = per_device_bytes(abstract.ema_params) if abstract.ema_params is not None else 0
+    report = {
+        "config_batch_size": config.batch_size, "devices": len(devices), "mesh": dict(mesh.shape),
+        "compiler": compiler_note, "platform": devices[0].platform,
+        "params": loop.count_params(abstract.params),
+        "per_device": {
+            "params_bytes": params, "optimizer_bytes": opt, "ema_bytes": ema,
+            "batch_bytes": per_device_bytes(batch),
+            "arguments_bytes": mem.argument_size_in_bytes, "outputs_bytes": mem.output_size_in_bytes,
+            "aliased_bytes": mem.alias_size_in_bytes,
+            "temporaries_bytes": mem.temp_size_in_bytes,  # activations kept for the backward pass + scratch
+            "total_bytes": mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes,
+        },
+        "flops_per_step": flops_device * len(devices),
+        "flops_per_device": flops_device,
+        "collectives": collectives(compiled.as_text()),
+    }
+    return report
+
+
+def _gib(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:8.2f} {unit}"
+    return f"{n:8.0f} B  "
+
+
+def format_report(r: dict) -> str:
+    d = r["per_device"]
+    lines = [
+        f"{r['compiler']}",
+        f"devices {r['devices']} ({r['platform']}), mesh {r['mesh']}, global batch {r['config_batch_size']}, "
+        f"{r['params'] / 1e6:.1f}M parameters",
+        "per device:",
+        f"  parameters          {_gib(d['params_bytes'])}",
+        f"  optimizer state     {_gib(d['optimizer_bytes'])}",
+    ]
+    if d["ema_bytes"]:
+        lines.append(f"  EMA parameters      {_gib(d['ema_bytes'])}")
+    lines += [
+        f"  batch               {_gib(d['batch_bytes'])}",
+        f"  temporaries         {_gib(d['temporaries_bytes'])}   (activations saved for backward + scratch)",
+        f"  total               {_gib(d['total_bytes'])}   (arguments + outputs - donated + temporaries)",
+        f"FLOPs per step {r['flops_per_step']:.3e} ({r['flops_per_device']:.3e} per device, XLA cost analysis)",
+        "collectives in the per-device program (static count, result bytes):",
+    ]
+    for op, c in sorted(r["collectives"].items()):
+        lines.append(f"  {op:<20}{c['count']:>5} x  {_gib(c['bytes'])} total")
+    if not r["collectives"]:
+        lines.append("  none")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = _preparse(argv)
+    if not pre.topology:
+        if pre.devices < 1:
+            raise SystemExit("--devices N (the number of accelerators to plan for) is required without --topology")
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={pre.devices}".strip()
+        os.environ["JAX_PLATFORMS"] = "cpu"
+
+    from experiments.common import parse
+    from jvlm.config import ConfigError
+
+    def extra(p):
+        p.add_argument("--devices", type=int, default=0, help="simulated devices (CPU compiler)")
+        p.add_argument("--topology", default="", help="TPU topology, e.g. v5e:16x16 (needs libtpu)")
+        p.add_argument("--mesh", default="", help="axis sizes, e.g. data=32,fsdp=8,model=1 (overrides config.mesh)")
+        p.add_argument("--json", action="store_true", help="print one JSON line")
+
+    args, config = parse(__doc__, extra, argv)
+    import jax
+
+    if args.mesh:
+        mesh = parse_mesh(args.mesh)
+        for axis in ("data", "fsdp", "model"):  # per-slice sizes; DCN sizes stay --config.mesh.dcn.*
+            config.mesh[axis] = mesh.pop(axis, 1)
+        if mesh:
+            raise SystemExit(f"--mesh: unknown axes {sorted(mesh)}; use data, fsdp, model "
+                             f"(and --config.mesh.dcn.AXIS=N for sizes across slices)")
+    if args.topology:
+        from jax.experimental import topologies
+        try:
+            devices = topologies.get_topology_desc(topology_name=args.topology, platform="tpu").devices
+        except Exception as e:  # noqa: BLE001 - no libtpu, or an unknown topology name
+            raise SystemExit(f"--topology {args.topology}: could not describe the TPU topology ({e}). It needs "
+                             f"libtpu (pip install 'jax[tpu]'); without it, use --devices N for a CPU-compiler estimate.")
+        note = f"compiled for TPU topology {args.topology} (libtpu): per-device figures are the TPU compiler's"
+    else:
+        devices = jax.devices()
+        if len(devices) != args.devices:
+            raise SystemExit(f"expected {args.devices} CPU devices, JAX has {len(devices)}: run plan in a fresh process")
+        note = (f"ESTIMATE from the XLA CPU compiler for {args.devices} simulated devices (no libtpu/accelerator): "
+                f"sharding and collectives are real; layouts, fusion and bf16 handling differ on TPU/GPU")
+    try:
+        report = plan(config, devices, compiler_note=note)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(report) if args.json else format_report(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""experiments.plan: ahead-of-time compilation for N simulated devices, without running anything."""
+
+import json
+
+from helpers import run_cli
+
+from experiments.plan import collectives
+
+
+def test_plan_reports_per_device_memory_flops_and_collectives():
+    proc = run_cli(["experiments.plan", "--config", "configs/siglip_shapes.py:tiny", "--devices", "4",
+                    "--mesh", "data=1,fsdp=4", "--json"], env={"XLA_FLAGS": ""})
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 4 and r["mesh"] == {"data": 1, "fsdp": 4, "model": 1}
+    assert r["compiler"].startswith("ESTIMATE from the XLA CPU compiler for 4 simulated devices")
+    d = r["per_device"]
+    full_params = 4 * r["params"]
+    assert full_params / 4 <= d["params_bytes"] < full_params / 3  # FSDP: a quarter, plus a few replicated biases
+    assert d["optimizer_bytes"] > 1.5 * d["params_bytes"]           # Adam's mu and nu, split like the parameters
+    assert d["temporaries_bytes"] > 0 and d["total_bytes"] > d["params_bytes"] + d["optimizer_bytes"]
+    assert r["flops_per_step"] > 1e6
+    assert r["collectives"]["all-gather"]["count"] > 0  # FSDP gathers weights
+
+
+def test_collective_parsing_counts_ops_and_result_bytes():
+    hlo = """
+  %all-gather.1 = f32[8,16]{1,0} all-gather(f32[2,16]{1,0} %p), channel_id=1, replica_groups=[1,4]<=[4]
+  %ar = (bf16[4]{0}, f32[2,2]{1,0}) all-reduce(bf16[4]{0} %a, f32[2,2]{1,0} %b), to_apply=%add
+  %cp = f32[3]{0} collective-permute-start(f32[3]{0} %c), source_target_pairs={{0,1}}
+  %x = f32[9]{0} add(f32[9]{0} %y, f32[9]{0} %z)
+"""
+    assert collectives(hlo) == {"all-gather": {"count": 1, "bytes": 512}, "all-reduce": {"count": 1, "bytes": 24},
+                                "collective-permute": {"count": 1, "bytes": 12}}
