@@ -4,6 +4,10 @@ FLOPs and collectives, without the hardware.
     python -m experiments.plan --config configs/siglip_shapes.py:B/16 --devices 256 --mesh data=32,fsdp=8
     python -m experiments.plan --config configs/siglip_shapes.py:L/16 --topology v5e:16x16   # needs libtpu
 
+libtpu compiles for a TPU topology on a machine without TPUs (pip install 'jax[tpu]'; set
+TPU_WORKER_HOSTNAMES=localhost to quiet its start-up warnings). Topology names: v5e:16x16 (256 chips),
+v4:8x8x4 (256), v5p:8x8x8 (512), ...
+
 Without --topology, the step is compiled by XLA's CPU compiler for N simulated devices: the
 sharding (SPMD partitioning), per-device shapes and collectives are the real ones, but layouts,
 fusion, and bf16 handling differ from a TPU/GPU compiler, so the memory figures are an estimate
@@ -24,6 +28,9 @@ import sys
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
                 "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+# Memory per chip, to say whether a plan fits (device_kind as JAX reports it).
+HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5p": 95, "TPU v6 lite": 32, "TPU v6e": 32,
+           "NVIDIA H100": 80, "NVIDIA H200": 141, "NVIDIA A100": 80}
 _OP = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 
@@ -93,7 +100,9 @@ def plan(config, devices, *, compiler_note: str) -> dict:
     ema = per_device_bytes(abstract.ema_params) if abstract.ema_params is not None else 0
     report = {
         "config_batch_size": config.batch_size, "devices": len(devices), "mesh": dict(mesh.shape),
-        "compiler": compiler_note, "platform": devices[0].platform,
+        "compiler": compiler_note, "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+        "device_memory_bytes": next((gib * 2**30 for kind, gib in HBM_GIB.items()
+                                     if kind.lower() in devices[0].device_kind.lower()), None),
         "params": loop.count_params(abstract.params),
         "per_device": {
             "params_bytes": params, "optimizer_bytes": opt, "ema_bytes": ema,
@@ -134,6 +143,8 @@ def format_report(r: dict) -> str:
         f"  batch               {_gib(d['batch_bytes'])}",
         f"  temporaries         {_gib(d['temporaries_bytes'])}   (activations saved for backward + scratch)",
         f"  total               {_gib(d['total_bytes'])}   (arguments + outputs - donated + temporaries)",
+        *([f"  fits in the {_gib(r['device_memory_bytes']).strip()} of a {r['device_kind']}: "
+           f"{'yes' if d['total_bytes'] <= r['device_memory_bytes'] else 'NO'}"] if r["device_memory_bytes"] else []),
         f"FLOPs per step {r['flops_per_step']:.3e} ({r['flops_per_device']:.3e} per device, XLA cost analysis)",
         "collectives in the per-device program (static count, result bytes):",
     ]
@@ -147,7 +158,9 @@ def format_report(r: dict) -> str:
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = _preparse(argv)
-    if not pre.topology:
+    if pre.topology:
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no TPU VM metadata on this machine
+    else:
         if pre.devices < 1:
             raise SystemExit("--devices N (the number of accelerators to plan for) is required without --topology")
         flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
@@ -186,7 +199,8 @@ def main(argv=None) -> None:
         if len(devices) != args.devices:
             raise SystemExit(f"expected {args.devices} CPU devices, JAX has {len(devices)}: run plan in a fresh process")
         note = (f"ESTIMATE from the XLA CPU compiler for {args.devices} simulated devices (no libtpu/accelerator): "
-                f"sharding and collectives are real; layouts, fusion and bf16 handling differ on TPU/GPU")
+                f"sharding, FLOPs and collectives are real; memory is pessimistic (the CPU compiler neither "
+                f"schedules for memory nor keeps remat savings) -- use --topology with libtpu for TPU figures")
     try:
         report = plan(config, devices, compiler_note=note)
     except ConfigError as e:
