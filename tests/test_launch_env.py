@@ -121,3 +121,22 @@ def test_tpu_pod_script_reuses_a_slice_without_accelerator_type():
 def test_tpu_pod_script_names_what_is_missing(args, env, message):
     proc = bash("tpu_pod.sh", *args, env=POD | env)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_slurm_environment_forms_one_runtime_through_jax_cluster_detection():
+    # What srun gives each task, on localhost: JVLM_DISTRIBUTED=auto lets JAX's SLURM detection
+    # find the coordinator (first node of the step), the process count and index.
+    code = ("import jax; from jvlm import distributed; assert distributed.initialize(); "
+            "from jax.experimental import multihost_utils as m; import numpy as np; "
+            "print(jax.process_index(), jax.process_count(), m.process_allgather(np.array([jax.process_index()])).ravel().tolist())")
+    job = str(1000 + os.getpid() % 3000)  # the coordinator port is derived from the job id
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ) | {
+                                  "JVLM_DISTRIBUTED": "auto", "JAX_PLATFORMS": "cpu", "SLURM_JOB_ID": job,
+                                  "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2", "SLURM_PROCID": str(i),
+                                  "SLURM_LOCALID": str(i), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+             for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, err[-2000:]
+        assert out.split("\n")[-2] == f"{i} 2 [0, 1]"
