@@ -6,6 +6,7 @@ import importlib
 
 TASKS = {
     "contrastive": "jvlm.tasks.contrastive:ContrastiveTask",
+    "vqvae": "jvlm.tasks.vqvae:VQVAETask",
 }
 
 

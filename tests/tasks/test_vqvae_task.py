@@ -1,0 +1,86 @@
+"""The VQ-VAE task on the spine: training, evaluation outputs, EMA codebook, sharding, bad input."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import run_cli
+
+from jvlm import sharding
+from jvlm.config import ConfigError, load_config
+from jvlm.models.autoencoder import Encoder
+from jvlm.train import loop
+
+TINY = "configs/vqvae_shapes.py:tiny"
+
+
+def setup(n_devices, *overrides):
+    cfg = load_config(TINY, [f"--config.{o}" for o in overrides])
+    task, mesh = loop.build(cfg, None, devices=jax.devices()[:n_devices])
+    _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
+    return loop.jit_train_step(task, groups, shardings), state, mesh
+
+
+def batches(n, size=32):
+    rng = np.random.default_rng(0)
+    return [{"image": rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8)} for _ in range(n)]
+
+
+def run_steps(fn, state, mesh, n=3):
+    losses = []
+    for b in batches(n):
+        state, m = fn(state, sharding.global_batch(b, mesh))
+        losses.append(float(m["loss"]))
+    return state, losses
+
+
+def test_cli_run_logs_reconstruction_metrics_and_writes_a_png_grid(tmp_path):
+    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path)])
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    last = rows[-1]
+    for key in ("eval/psnr", "eval/ssim", "eval/codebook_usage", "eval/perplexity", "psnr", "perplexity"):
+        assert key in last, key
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert 0 < last["eval/codebook_usage"] <= 1 and 1 <= last["eval/perplexity"] <= 32
+    assert sorted(os.listdir(tmp_path / "samples")) == ["reconstructions_0000010.png", "reconstructions_0000020.png"]
+    from PIL import Image
+    assert Image.open(tmp_path / "samples" / "reconstructions_0000020.png").size[1] == 2 * 34 + 2  # 2 rows
+
+
+def test_ema_codebook_lives_in_model_state_and_moves():
+    fn, state, mesh = setup(1)
+    assert "codebook" not in state.params["main"]
+    before = np.asarray(state.model_state["codebook"])
+    state, _ = run_steps(fn, state, mesh)
+    assert not np.allclose(before, np.asarray(state.model_state["codebook"]))
+
+
+def test_plain_codebook_is_a_parameter_moved_by_the_codebook_loss():
+    fn, state, mesh = setup(1, "model.quantizer.ema_decay=0.0", "model.quantizer.restart_below=0.0")
+    before = np.asarray(state.params["main"]["codebook"])
+    state, _ = run_steps(fn, state, mesh)
+    assert state.model_state == {} and not np.allclose(before, np.asarray(state.params["main"]["codebook"]))
+
+
+def test_eight_device_step_matches_one_device_including_ema_statistics():
+    s1, l1 = run_steps(*setup(1, "model.quantizer.restart_below=0.0"))
+    s8, l8 = run_steps(*setup(8, "model.quantizer.restart_below=0.0"))
+    np.testing.assert_allclose(l1, l8, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(s1.model_state["ema"].cluster_size),
+                               np.asarray(s8.model_state["ema"].cluster_size), rtol=1e-4, atol=1e-6)
+
+
+def test_bad_inputs_are_named():
+    enc = Encoder(out_channels=4, ch=8, ch_mult=(1, 2))
+    with pytest.raises(ValueError, match=r"expects images \[batch, height, width, 3\], got shape \(1, 32, 32, 1\)"):
+        enc.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+    with pytest.raises(ValueError, match="image size 31x31 is not divisible by the downsampling factor 2"):
+        enc.init(jax.random.PRNGKey(0), jnp.zeros((1, 31, 31, 3)))
+    with pytest.raises(ConfigError, match="not divisible by the downsampling factor 8"):
+        setup(1, "model.encoder.ch_mult=(1, 2, 2, 2)", "data.image_size=36")
+    with pytest.raises(ConfigError, match="restart_below needs EMA codebook updates"):
+        setup(1, "model.quantizer.ema_decay=0.0")
