@@ -69,7 +69,6 @@ class VQAutoencoder(nn.Module):
 
 
 class VQVAETask(Task):
-    optional_keys = Task.optional_keys
 
     # ------------------------------------------------------------------ config
     def validate(self) -> None:

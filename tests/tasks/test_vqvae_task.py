@@ -84,3 +84,12 @@ def test_bad_inputs_are_named():
         setup(1, "model.encoder.ch_mult=(1, 2, 2, 2)", "data.image_size=36")
     with pytest.raises(ConfigError, match="restart_below needs EMA codebook updates"):
         setup(1, "model.quantizer.ema_decay=0.0")
+
+
+def test_low_dimensional_cosine_lookup_trains():
+    fn, state, mesh = setup(1, "model.quantizer.lookup_dim=4", "model.quantizer.cosine=True")
+    state, losses = run_steps(fn, state, mesh, n=2)
+    book = np.asarray(state.model_state["codebook"])
+    assert book.shape == (32, 4) and np.all(np.isfinite(losses))
+    np.testing.assert_allclose(np.linalg.norm(book, axis=-1), 1.0, rtol=1e-4)  # codes stay on the sphere
+    assert state.params["main"]["to_lookup"]["kernel"].shape == (8, 4)
