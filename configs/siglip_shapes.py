@@ -14,35 +14,14 @@ debugging); "lit" (LiT: image tower locked and loaded from --config.init_from.ch
 
 from ml_collections import ConfigDict
 
+from configs.common import run_config
 from jvlm.models import presets
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    c = ConfigDict()
-    c.task = "contrastive"
     # Sized for the 10-minute CPU quickstart (2 cores): ~145k examples at ~280 examples/s.
-    c.total_steps = 560
-    c.batch_size = 256
-    c.seed = 0
-    c.log_every = 20
-    c.eval_every = 140
-    c.checkpoint_every = 140
-    c.keep_checkpoints = 3
-    c.grad_accum_steps = 1
-    c.ema_decay = 0.0            # > 0 keeps an EMA of the parameters, used for evaluation
-    c.max_nonfinite_steps = 20   # skipped (non-finite) steps tolerated before training stops
-    c.checkpoint_async = True
-    c.progress = True
-    c.profile = ConfigDict(dict(start_step=-1, num_steps=3))  # jax.profiler trace into WORKDIR/profile
-
-    # data x fsdp x model devices; fsdp>1 shards parameters and optimizer state (ZeRO-3), model>1 is
-    # tensor parallelism. dcn: sizes across slices (multi-slice TPU / hosts on a slower network); the
-    # other sizes are then per slice. sharding_rules: (logical axis, mesh axes) overrides of
-    # jvlm.sharding.LOGICAL_RULES, e.g. (("length", "model"),) for sequence parallelism.
-    c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1, dcn=ConfigDict(dict(data=1, fsdp=1, model=1))))
-    c.sharding_rules = ()
-    # Used only when the workdir has no checkpoint yet: copy params matching `params` ('group/path' regex).
-    c.init_from = ConfigDict(dict(checkpoint="", params=".*", required=False))
+    c = run_config("contrastive", total_steps=560, batch_size=256, log_every=20, eval_every=140,
+                   checkpoint_every=140)
 
     c.optimizer = ConfigDict(dict(
         name="adamw", learning_rate=2e-3, schedule="cosine", warmup_steps=50, end_lr_fraction=0.0,

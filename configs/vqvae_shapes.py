@@ -10,27 +10,12 @@ downsampling 8, 1024 codes); "tiny".
 
 from ml_collections import ConfigDict
 
+from configs.common import run_config
+
 
 def get_config(arg: str = "") -> ConfigDict:
-    c = ConfigDict()
-    c.task = "vqvae"
     # Sized for 15 CPU minutes (2 cores): ~140 examples/s.
-    c.total_steps = 1800
-    c.batch_size = 64
-    c.seed = 0
-    c.log_every = 50
-    c.eval_every = 300
-    c.checkpoint_every = 300
-    c.keep_checkpoints = 3
-    c.grad_accum_steps = 1
-    c.ema_decay = 0.0
-    c.max_nonfinite_steps = 20
-    c.checkpoint_async = True
-    c.progress = True
-    c.profile = ConfigDict(dict(start_step=-1, num_steps=3))
-    c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1, dcn=ConfigDict(dict(data=1, fsdp=1, model=1))))
-    c.sharding_rules = ()
-    c.init_from = ConfigDict(dict(checkpoint="", params=".*", required=False))
+    c = run_config("vqvae", total_steps=1800, batch_size=64, log_every=50, eval_every=300, checkpoint_every=300)
     c.optimizer = ConfigDict(dict(
         name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=100, end_lr_fraction=0.05,
         b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0, freeze="", lr_mults=(),
