@@ -61,11 +61,11 @@ def initialize(env: Mapping[str, str] | None = None) -> bool:
     """Joins the runtime the environment describes (see the module docstring); True if multi-process."""
     import jax
 
-    args = init_args(os.environ if env is None else env)
+    env = os.environ if env is None else env
+    args = init_args(env)
     if args is None:
         return False
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    if platforms == "cpu" or "JVLM_COORDINATOR" in (env or os.environ):
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or "JVLM_COORDINATOR" in env:
         # CPU devices of several processes talk through gloo (the default has no cross-process collectives).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**args)

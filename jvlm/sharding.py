@@ -264,6 +264,14 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def global_batch_from_full(full_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """A batch every process holds whole (evaluation, prompts) -> global arrays: each process
+    contributes only the rows its devices hold. Keys starting with '_' stay on the host."""
+    n = len(next(iter(full_batch.values())))
+    start, stop = process_rows(mesh, n)
+    return global_batch({k: v[start:stop] for k, v in full_batch.items() if not k.startswith("_")}, mesh)
+
+
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Process-local numpy batch (this process's rows) -> global arrays sharded over the batch axes."""
     out = {}

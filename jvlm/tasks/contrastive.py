@@ -172,11 +172,6 @@ class ContrastiveTask(Task):
             start_step=start_step, num_steps=c.total_steps, rows=rows, num_threads=c.data.num_threads, prefetch=c.data.prefetch)
 
     # ---------------------------------------------------------------- evaluation
-    @staticmethod
-    def _local_rows(batch: dict, mesh) -> dict:
-        start, stop = sharding.process_rows(mesh, len(next(iter(batch.values()))))
-        return {k: v[start:stop] for k, v in batch.items() if not k.startswith("_")}
-
     def _encode(self, params, mesh, split: str, num: int, *, text: bool):
         """Embeddings (and labels) of the first `num` examples of a split, computed sharded."""
         c = self.config
@@ -187,7 +182,7 @@ class ContrastiveTask(Task):
                                  "text": self.tokenizer.encode(ex["caption"], c.data.max_text_len)[0]}
         for batch in fixed_batches(self._source(split), batch_size=bs, num_examples=num, transform=plain):
             valid = batch["_valid"]
-            g = sharding.global_batch(self._local_rows(batch, mesh), mesh)
+            g = sharding.global_batch_from_full(batch, mesh)
             img_out.append(sharding.to_host(fn["image"](params, g["image"]))[valid])
             if text:
                 txt_out.append(sharding.to_host(fn["text"](params, g["text"]))[valid])
@@ -213,7 +208,7 @@ class ContrastiveTask(Task):
         tokens = np.stack([self.tokenizer.encode(p, self.config.data.max_text_len)[0] for p in prompts])
         pad = (-len(tokens)) % sharding.data_parallel_size(mesh.shape)
         tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
-        g = sharding.global_batch(self._local_rows({"text": tokens}, mesh), mesh)
+        g = sharding.global_batch_from_full({"text": tokens}, mesh)
         emb = sharding.to_host(self.encoders()["text"](params, g["text"]))[:len(prompts)]
         return average_templates(emb, len(names), len(templates))
 

@@ -114,10 +114,13 @@ class VQVAETask(Task):
         return [ParamGroup("main", self.loss_fn, tx, schedule, frozen)]
 
     # ------------------------------------------------------------------ training
+    def codebook(self, params, model_state):
+        """The codes: EMA-updated ones live in the model state, learned ones are a parameter."""
+        return model_state["codebook"] if self._ema else params["codebook"]
+
     def quantize(self, params, model_state, z):
         q = self.config.model.quantizer
-        book = model_state["codebook"] if self._ema else params["codebook"]
-        return vq.vector_quantize(z, book, q.beta, cosine=q.cosine)
+        return vq.vector_quantize(z, self.codebook(params, model_state), q.beta, cosine=q.cosine)
 
     def loss_fn(self, params, batch, rng, ctx) -> LossOutput:
         q, p = self.config.model.quantizer, params["main"]
@@ -183,7 +186,7 @@ class VQVAETask(Task):
 
             def detokenize(p, ms, codes):
                 q = self.config.model.quantizer
-                book = ms["codebook"] if self._ema else p["codebook"]
+                book = self.codebook(p, ms)
                 z_q = jnp.take(vq.l2_normalize(book) if q.cosine else book, codes, axis=0)
                 return model.apply({"params": p}, z_q, method=VQAutoencoder.decode)
 
@@ -202,8 +205,7 @@ class VQVAETask(Task):
         for batch in fixed_batches(source, batch_size=c.eval.batch_size, num_examples=c.eval.num_examples,
                                    transform=plain):
             valid = batch["_valid"]
-            start, stop = sharding.process_rows(mesh, len(valid))
-            g = sharding.global_batch({"image": batch["image"][start:stop]}, mesh)
+            g = sharding.global_batch_from_full(batch, mesh)
             idx = fn["tokenize"](params, state.model_state, g["image"])
             x_hat = sharding.to_host(fn["detokenize"](params, state.model_state, idx))[valid]
             originals.append(batch["image"][valid])
