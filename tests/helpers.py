@@ -31,7 +31,12 @@ def run_cli(args, *, env=None, timeout=600, check=True):
 
 
 def contrastive_setup(n_devices, *overrides):
-    cfg = load_config("configs/siglip_shapes.py:tiny", [f"--config.{o}" for o in overrides])
+    return step_setup("configs/siglip_shapes.py:tiny", n_devices, *overrides)
+
+
+def step_setup(config_spec, n_devices, *overrides):
+    """(jitted train step, fresh state, mesh) for a config on the first n_devices; overrides like 'a.b=1'."""
+    cfg = load_config(config_spec, [f"--config.{o}" for o in overrides])
     task, mesh = loop.build(cfg, None, devices=jax.devices()[:n_devices])
     _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))

@@ -1,28 +1,22 @@
 """The VQ-VAE task on the spine: training, evaluation outputs, EMA codebook, sharding, bad input."""
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import run_cli, step_setup, train
 
-from jvlm import sharding
-from jvlm.config import ConfigError, load_config
+from jvlm.config import ConfigError
 from jvlm.models.autoencoder import Encoder
-from jvlm.train import loop
+from jvlm.train.metrics import read_metrics
 
 TINY = "configs/vqvae_shapes.py:tiny"
 
 
 def setup(n_devices, *overrides):
-    cfg = load_config(TINY, [f"--config.{o}" for o in overrides])
-    task, mesh = loop.build(cfg, None, devices=jax.devices()[:n_devices])
-    _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
-    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
-    return loop.jit_train_step(task, groups, shardings), state, mesh
+    return step_setup(TINY, n_devices, *overrides)
 
 
 def batches(n, size=32):
@@ -31,16 +25,12 @@ def batches(n, size=32):
 
 
 def run_steps(fn, state, mesh, n=3):
-    losses = []
-    for b in batches(n):
-        state, m = fn(state, sharding.global_batch(b, mesh))
-        losses.append(float(m["loss"]))
-    return state, losses
+    return train(fn, state, mesh, batches(n))
 
 
 def test_cli_run_logs_reconstruction_metrics_and_writes_a_png_grid(tmp_path):
     run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path)])
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = read_metrics(tmp_path)
     last = rows[-1]
     for key in ("eval/psnr", "eval/ssim", "eval/codebook_usage", "eval/perplexity", "psnr", "perplexity"):
         assert key in last, key
