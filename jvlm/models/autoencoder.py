@@ -27,7 +27,9 @@ def downsampling_factor(ch_mult: Sequence[int]) -> int:
 
 
 def _norm(ch: int, name: str | None = None) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=math.gcd(32, ch), name=name)
+    # At most 32 groups of at least 4 channels (taming's 32 groups at 128 channels). One channel per
+    # group would be instance norm, which strips each image's per-channel mean (its colours) at every block.
+    return nn.GroupNorm(num_groups=math.gcd(32, max(ch // 4, 1)), name=name)
 
 
 def _conv(ch: int, k: int, dtype, name: str | None = None, stride: int = 1) -> nn.Conv:
@@ -106,8 +108,11 @@ class Decoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z):
-        """z: [B, h, w, C] -> images [B, h*f, w*f, out_channels] (unbounded; [-1, 1] is the target range)."""
+    def __call__(self, z, features_only: bool = False):
+        """z: [B, h, w, C] -> images [B, h*f, w*f, out_channels] (unbounded; [-1, 1] is the target range).
+
+        features_only: stop before the last convolution (`output_conv`, parameters "conv_out"), for losses
+        that need gradients at the decoder's last layer (VQ-GAN's adaptive weight)."""
         h = _conv(self.ch * self.ch_mult[-1], 3, self.dtype, "conv_in")(z.astype(self.dtype))
         h = ResBlock(h.shape[-1], self.dtype, name="mid_block1")(h)
         if self.attn:
@@ -121,4 +126,11 @@ class Decoder(nn.Module):
                 h = jax.image.resize(h, (b, hh * 2, ww * 2, c), "nearest")
                 h = _conv(c, 3, self.dtype, f"up{level}_upsample")(h)
         h = nn.swish(_norm(h.shape[-1], "norm_out")(h))
-        return _conv(self.out_channels, 3, self.dtype, "conv_out")(h).astype(jnp.float32)
+        if features_only:
+            return h
+        return output_conv(self.out_channels, self.dtype)(h).astype(jnp.float32)
+
+
+def output_conv(out_channels: int = 3, dtype: Dtype = jnp.float32) -> nn.Conv:
+    """The decoder's last layer; `output_conv().apply({"params": params["conv_out"]}, features)`."""
+    return _conv(out_channels, 3, dtype, "conv_out")

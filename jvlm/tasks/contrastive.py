@@ -14,6 +14,7 @@ from jvlm import sharding
 from jvlm.config import ConfigError, check_choice
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
+from jvlm.data.pixels import images_to_float
 from jvlm.data.sources import make_source
 from jvlm.eval.metrics import average_templates, class_prompts, retrieval_recall, topk_accuracy
 from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer, train_sentencepiece
@@ -22,11 +23,6 @@ from jvlm.objectives import contrastive
 from jvlm.tasks.base import Task
 from jvlm.train import optim
 from jvlm.train.step import LossOutput, ParamGroup, merge_microbatches, split_microbatches
-
-
-def images_to_float(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [-1, 1]; done on device so the host ships 4x fewer bytes."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
 
 
 class ContrastiveTask(Task):

@@ -9,30 +9,20 @@ looks codes up in a low-dimensional projection (ViT-VQGAN's factorized codes).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
-from jvlm import sharding
 from jvlm.config import ConfigError
-from jvlm.data import shapes
-from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
-from jvlm.eval.image_metrics import psnr, save_grid, ssim
-from jvlm.models.autoencoder import Decoder, Encoder, downsampling_factor
+from jvlm.data.pixels import images_to_float
+from jvlm.models.autoencoder import Decoder, Encoder
 from jvlm.models.layers import dense_init
 from jvlm.objectives import vq
-from jvlm.tasks.base import Task
-from jvlm.tasks.contrastive import images_to_float
+from jvlm.tasks.image_autoencoder import ImageAutoencoderTask, code_metrics
 from jvlm.train import optim
 from jvlm.train.step import LossOutput, ParamGroup
-
-
-def float_to_uint8(x):
-    return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class VQAutoencoder(nn.Module):
@@ -60,32 +50,24 @@ class VQAutoencoder(nn.Module):
         z = self.enc(images)
         return self.to_lookup(z) if self.lookup_dim else z
 
-    def decode(self, z_q):
-        return self.dec(self.from_lookup(z_q) if self.lookup_dim else z_q)
+    def decode(self, z_q, features_only: bool = False):
+        return self.dec(self.from_lookup(z_q) if self.lookup_dim else z_q, features_only)
 
     def __call__(self, images):  # for init only: touches every parameter
         z = self.encode(images)
         return self.decode(z)
 
 
-class VQVAETask(Task):
+class VQVAETask(ImageAutoencoderTask):
 
-    # ------------------------------------------------------------------ config
     def validate(self) -> None:
-        c, q = self.config, self.config.model.quantizer
-        f = downsampling_factor(c.model.encoder.ch_mult)
-        if c.data.image_size % f:
-            raise ConfigError(f"config.data.image_size={c.data.image_size} is not divisible by the downsampling "
-                              f"factor {f} of model.encoder.ch_mult={tuple(c.model.encoder.ch_mult)}.")
+        super().validate()
+        q = self.config.model.quantizer
         if q.restart_below > 0 and q.ema_decay <= 0:
             raise ConfigError("config.model.quantizer.restart_below needs EMA codebook updates: set "
                               "model.quantizer.ema_decay (e.g. 0.99) or restart_below=0.")
         if q.codebook_size < 2:
             raise ConfigError(f"config.model.quantizer.codebook_size must be >= 2, got {q.codebook_size}.")
-        dp = sharding.data_parallel_size(self.mesh.shape)
-        if c.eval.batch_size % dp:
-            raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel "
-                              f"size {dp}; use a multiple of {dp}.")
 
     @property
     def model(self) -> VQAutoencoder:
@@ -122,23 +104,36 @@ class VQVAETask(Task):
         q = self.config.model.quantizer
         return vq.vector_quantize(z, self.codebook(params, model_state), q.beta, cosine=q.cosine)
 
-    def loss_fn(self, params, batch, rng, ctx) -> LossOutput:
-        q, p = self.config.model.quantizer, params["main"]
-        x = images_to_float(batch["image"])
+    def encode_quantize(self, p, model_state, x):
         z = self.model.apply({"params": p}, x, method=VQAutoencoder.encode)
-        out = self.quantize(p, ctx.model_state, z)
+        return z, self.quantize(p, model_state, z)
+
+    def quantizer_loss(self, out: vq.VQOutput) -> jax.Array:
+        """Commitment, plus the codebook loss unless EMA moves the codes."""
+        return out.commitment_loss + (0.0 if self._ema else out.codebook_loss)
+
+    def quantizer_metrics(self, x, x_hat, out: vq.VQOutput) -> dict:
+        per_image = jnp.mean(jnp.square(jnp.clip(x_hat, -1, 1) - x), axis=(1, 2, 3))
+        return {"psnr": jnp.mean(10 * jnp.log10(4.0 / jnp.maximum(per_image, 1e-10))),
+                "perplexity": out.perplexity, "codebook_usage": out.usage,
+                "commitment_loss": out.commitment_loss, "codebook_loss": out.codebook_loss}
+
+    def codebook_update(self, model_state, z, out, rng, metrics: dict):
+        """The new model state (None without EMA); records restarted codes in `metrics`."""
+        if not self._ema:
+            return None
+        new_state, metrics["restarted_codes"] = self._update_codebook(model_state, z, out, rng)
+        return new_state
+
+    def loss_fn(self, params, batch, rng, ctx) -> LossOutput:
+        p = params["main"]
+        x = images_to_float(batch["image"])
+        z, out = self.encode_quantize(p, ctx.model_state, x)
         x_hat = self.model.apply({"params": p}, out.quantized, method=VQAutoencoder.decode)
         mse = jnp.mean(jnp.square(x_hat - x))
-        loss = mse + out.commitment_loss + (0.0 if self._ema else out.codebook_loss)
-        per_image = jnp.mean(jnp.square(jnp.clip(x_hat, -1, 1) - x), axis=(1, 2, 3))
-        metrics = {"mse": mse, "psnr": jnp.mean(10 * jnp.log10(4.0 / jnp.maximum(per_image, 1e-10))),
-                   "perplexity": out.perplexity, "codebook_usage": out.usage,
-                   "commitment_loss": out.commitment_loss, "codebook_loss": out.codebook_loss}
-        new_state = None
-        if self._ema:
-            new_state, restarted = self._update_codebook(ctx.model_state, z, out, rng)
-            metrics["restarted_codes"] = restarted
-        return LossOutput(loss, metrics, new_state)
+        metrics = {"mse": mse, **self.quantizer_metrics(x, x_hat, out)}
+        new_state = self.codebook_update(ctx.model_state, z, out, rng, metrics)
+        return LossOutput(mse + self.quantizer_loss(out), metrics, new_state)
 
     def _update_codebook(self, state, z, out, rng):
         q = self.config.model.quantizer
@@ -156,27 +151,10 @@ class VQVAETask(Task):
         book = vq.l2_normalize(book) if q.cosine else book
         return {"codebook": book, "ema": ema, "usage": usage}, restarted
 
-    def train_loader(self, start_step, rows):
-        c = self.config
-        return StepIndexedLoader(
-            shapes.ShapesSource("train", image_size=c.data.image_size, seed=c.data.seed), global_batch=c.batch_size,
-            seed=c.seed, transform=self.transform, start_step=start_step, num_steps=c.total_steps, rows=rows,
-            num_threads=c.data.num_threads, prefetch=c.data.prefetch)
-
-    def transform(self, example, rng):
-        image = example["image"]
-        if self.config.data.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        return {"image": np.ascontiguousarray(image)}
-
-    def abstract_batch(self, batch_size):
-        s = self.config.data.image_size
-        return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.uint8)}
-
     # ------------------------------------------------------------------ inference and evaluation
     def functions(self) -> dict:
-        """Jitted tokenize(params, model_state, uint8 images) -> codes and detokenize(params, model_state, codes)
-        -> float images in [-1, 1]."""
+        """Jitted tokenize(params, model_state, uint8 images) -> codes [B, h, w] and
+        detokenize(params, model_state, codes) -> float images in [-1, 1]."""
         if not hasattr(self, "_functions"):
             model = self.model
 
@@ -193,33 +171,13 @@ class VQVAETask(Task):
             self._functions = {"tokenize": jax.jit(tokenize), "detokenize": jax.jit(detokenize)}
         return self._functions
 
-    def evaluate(self, state, mesh) -> dict[str, Any]:
-        """Held-out shapes images (the test split): PSNR, SSIM, codebook usage and perplexity over the
-        whole evaluation set, and a PNG grid of originals above reconstructions."""
-        c = self.config
-        params = (state.ema_params or state.params)["main"]
+    def reconstruct_fn(self):
         fn = self.functions()
-        originals, recons, codes = [], [], []
-        source = shapes.ShapesSource("test", image_size=c.data.image_size, seed=c.data.seed)
-        plain = lambda ex, rng: {"image": ex["image"]}  # noqa: E731
-        for batch in fixed_batches(source, batch_size=c.eval.batch_size, num_examples=c.eval.num_examples,
-                                   transform=plain):
-            valid = batch["_valid"]
-            g = sharding.global_batch_from_full(batch, mesh)
-            idx = fn["tokenize"](params, state.model_state, g["image"])
-            x_hat = sharding.to_host(fn["detokenize"](params, state.model_state, idx))[valid]
-            originals.append(batch["image"][valid])
-            recons.append(float_to_uint8(x_hat))
-            codes.append(sharding.to_host(idx)[valid])
-        originals, recons, codes = np.concatenate(originals), np.concatenate(recons), np.concatenate(codes)
-        counts = np.bincount(codes.reshape(-1), minlength=c.model.quantizer.codebook_size)
-        p = counts / counts.sum()
-        out = {"eval/psnr": float(np.mean(psnr(originals, recons))), "eval/ssim": float(np.mean(ssim(originals, recons))),
-               "eval/codebook_usage": float(np.mean(counts > 0)),
-               "eval/perplexity": float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))}
-        if jax.process_index() == 0 and self.workdir:
-            n = min(16, len(originals))
-            step = int(jax.device_get(state.step))
-            save_grid(os.path.join(self.workdir, "samples", f"reconstructions_{step:07d}.png"),
-                      [originals[:n], recons[:n]])
-        return out
+
+        def reconstruct(p, ms, images, rng):
+            codes = fn["tokenize"](p, ms, images)
+            return fn["detokenize"](p, ms, codes), {"codes": codes}
+        return reconstruct
+
+    def summarize(self, per_example) -> dict[str, Any]:
+        return code_metrics(per_example["codes"], self.config.model.quantizer.codebook_size)
