@@ -113,6 +113,32 @@ def test_param_groups_update_in_order_and_on_their_cadence():
     assert "b/loss" in m and "loss" in m
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_carry_reaches_later_groups_per_microbatch(k):
+    """A GAN's discriminator reads the generator's outputs from ctx.carry: computed with the generator
+    before its update, gradient-stopped, and under accumulation each micro-batch gets its own rows."""
+    lr, x = 0.1, jnp.arange(8, dtype=jnp.float32)
+
+    def gen(p, b, r, c):
+        y = p["g"]["w"] * b["x"]
+        return LossOutput(jnp.mean((y - 2 * b["x"]) ** 2), carry={"y": y})
+
+    def disc(p, b, r, c):
+        y = c.carry["g"]["y"]
+        assert y.shape == b["x"].shape  # its own micro-batch's rows
+        return LossOutput(jnp.mean((p["d"]["v"] * y - b["x"]) ** 2))
+
+    tx = optax.sgd(lr)
+    params = {"g": {"w": jnp.float32(1.5)}, "d": {"v": jnp.float32(0.0)}}
+    state = TrainState.create(params, {n: tx.init(params[n]) for n in params}, {}, jax.random.PRNGKey(0), False)
+    step = jax.jit(make_train_step([ParamGroup("g", gen, tx), ParamGroup("d", disc, tx)], grad_accum_steps=k))
+    s1, _ = step(state, {"x": x}, jax.random.PRNGKey(0))
+    y = 1.5 * x  # the generator's output before its update
+    v1 = 0.0 - lr * float(jnp.mean(2 * (0.0 * y - x) * y))
+    assert float(s1.params["d"]["v"]) == pytest.approx(v1, rel=1e-5)
+    assert float(s1.params["g"]["w"]) == pytest.approx(1.5 - lr * float(jnp.mean(2 * (1.5 - 2) * x * x)), rel=1e-5)
+
+
 def test_model_state_and_ema():
     tx = optax.sgd(0.5)
 

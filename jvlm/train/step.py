@@ -6,9 +6,12 @@ pure loss function with its own optimizer:
     loss_fn(params, batch, rng, ctx) -> LossOutput(loss, metrics, model_state)
 
 `params` is the dict of *all* groups (the loss of group g is differentiated w.r.t. group g
-only); `ctx` carries the step number (for GAN start steps, Gumbel temperatures, ...) and the
-non-gradient `model_state`. Groups are updated in order within one step, each seeing the
-groups updated before it (a GAN's discriminator then generator), or only every `every` steps.
+only); `ctx` carries the step number (for GAN start steps, Gumbel temperatures, ...), the
+non-gradient `model_state`, and `carry`: what the groups before this one returned in
+`LossOutput.carry` this step (gradient-stopped), e.g. a GAN generator's reconstructions for its
+discriminator, so a later group need not recompute them. Groups are updated in order within one
+step, each seeing the parameters of the groups updated before it (a carry was computed with the
+parameters before their update), or only every `every` steps.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from jvlm.train.state import TrainState
 class StepContext(NamedTuple):
     step: jax.Array        # int32 scalar, the number of completed steps before this one
     model_state: Any       # non-gradient variables (read-only input; return updates in LossOutput)
+    carry: dict = {}       # group name -> LossOutput.carry of the groups before this one, this step
 
 
 class LossOutput(NamedTuple):
     loss: jax.Array
     metrics: dict = {}
     model_state: Any = None   # None: unchanged
+    carry: Any = None         # handed to later groups as ctx.carry[this group's name]
 
 
 LossFn = Callable[[dict, dict, jax.Array, StepContext], LossOutput]
@@ -73,7 +78,7 @@ def _tree_select(pred, on_true, on_false):
 def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_decay: float = 0.0):
     """Builds the pure train step. Wrap it in `jax.jit(..., donate_argnums=0)` with shardings."""
 
-    def group_grads(state: TrainState, params: dict, model_state, group: ParamGroup, batch, rng):
+    def group_grads(state: TrainState, params: dict, model_state, group: ParamGroup, batch, rng, carries):
         frozen = group.frozen if group.frozen is not None else jax.tree.map(lambda _: False, params[group.name])
 
         def loss_of(own):
@@ -81,39 +86,43 @@ def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_
             others = {k: jax.lax.stop_gradient(v) for k, v in params.items() if k != group.name}
             return others | {group.name: own}
 
-        def micro(ms, mb, mrng):
+        def micro(ms, mb, mrng, mcarries):
             def f(own):
-                out = group.loss_fn(loss_of(own), mb, mrng, StepContext(state.step, ms))
+                out = group.loss_fn(loss_of(own), mb, mrng, StepContext(state.step, ms, mcarries))
                 return out.loss, out
             (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params[group.name])
             new_ms = ms if out.model_state is None else out.model_state
-            return loss, dict(out.metrics), new_ms, grads
+            return loss, dict(out.metrics), new_ms, grads, jax.lax.stop_gradient(out.carry)
 
         if grad_accum_steps == 1:
-            return micro(model_state, batch, rng)
+            return micro(model_state, batch, rng, carries)
 
+        # Carries of earlier groups are stacked per micro-batch [k, ...]; each micro-batch reads its own.
         mbs = split_microbatches(batch, grad_accum_steps)
-        first = jax.tree.map(lambda x: x[0], mbs)
-        shapes = jax.eval_shape(micro, model_state, first, rng)
+        first = jax.tree.map(lambda x: x[0], (mbs, carries))
+        shapes = jax.eval_shape(micro, model_state, first[0], rng, first[1])
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0], shapes[1], shapes[3]))
 
-        def body(carry, i_mb):
-            i, mb = i_mb
-            acc, ms = carry
-            loss, metrics, ms, grads = micro(ms, mb, jax.random.fold_in(rng, i))
+        def body(acc_ms, xs):
+            i, mb, mcarries = xs
+            acc, ms = acc_ms
+            loss, metrics, ms, grads, out_carry = micro(ms, mb, jax.random.fold_in(rng, i), mcarries)
             acc = jax.tree.map(lambda a, x: a + x / grad_accum_steps, acc, (loss, metrics, grads))
-            return (acc, ms), None
+            return (acc, ms), out_carry
 
-        ((loss, metrics, grads), model_state), _ = jax.lax.scan(
-            body, (zeros, model_state), (jnp.arange(grad_accum_steps), mbs))
-        return loss, metrics, model_state, grads
+        ((loss, metrics, grads), model_state), out_carries = jax.lax.scan(
+            body, (zeros, model_state), (jnp.arange(grad_accum_steps), mbs, carries))
+        return loss, metrics, model_state, grads, out_carries
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         params, opt_state, model_state = dict(state.params), dict(state.opt_state), state.model_state
-        metrics, all_ok = {}, jnp.array(True)
+        metrics, all_ok, carries = {}, jnp.array(True), {}
         for gi, group in enumerate(groups):
             grng = jax.random.fold_in(rng, gi)
-            loss, gmetrics, new_ms, grads = group_grads(state, params, model_state, group, batch, grng)
+            loss, gmetrics, new_ms, grads, carry = group_grads(
+                state, params, model_state, group, batch, grng, dict(carries))
+            if carry is not None:
+                carries[group.name] = carry
             grad_norm = optax.tree.norm(grads)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(gmetrics)
             if group.every > 1:
