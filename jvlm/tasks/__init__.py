@@ -6,7 +6,10 @@ import importlib
 
 TASKS = {
     "contrastive": "jvlm.tasks.contrastive:ContrastiveTask",
+    "dvae": "jvlm.tasks.dvae:DVAETask",
+    "vae": "jvlm.tasks.vae:VAETask",
     "vqvae": "jvlm.tasks.vqvae:VQVAETask",
+    "vqgan": "jvlm.tasks.vqgan:VQGANTask",
 }
 
 

@@ -85,6 +85,13 @@ def load_params(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any]]:
     For initializing from another run (LiT, fine-tuning) and for inference; restored without
     a target, so the saving run's mesh does not matter.
     """
+    step, params, _ = load_for_inference(path, ema=ema)
+    return step, params
+
+
+def load_for_inference(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any], Any]:
+    """(step, params by group, model_state) of the newest checkpoint: everything a model needs to run
+    (an EMA codebook lives in model_state); the optimizer state is not read into memory."""
     directory = find_checkpoint_dir(path)
     manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
@@ -92,4 +99,5 @@ def load_params(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any]]:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     manager.close()
     params = restored.get("ema_params") if ema and restored.get("ema_params") is not None else restored["params"]
-    return step, jax.tree.map(lambda x: jax.device_get(x), params)
+    host = lambda tree: jax.tree.map(lambda x: jax.device_get(x), tree)  # noqa: E731
+    return step, host(params), host(restored.get("model_state"))
