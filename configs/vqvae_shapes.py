@@ -3,7 +3,8 @@
     python -m experiments.train --config configs/vqvae_shapes.py --workdir runs/vqvae_shapes
     python -m experiments.train --config configs/vqvae_shapes.py:tiny --workdir /tmp/vq   # seconds, for tests
 
-Variants (comma-separated, they compose): "" (default: EMA codebook, dead-code restarts);
+Variants (comma-separated, they compose): "" (default: EMA codebook started by k-means on the first
+batch, dead-code restarts);
 "plain" (no anti-collapse options: codebook loss, no EMA, no restarts); "64px" (64x64 images,
 downsampling 8, 1024 codes); "tiny".
 """
@@ -28,6 +29,7 @@ def get_config(arg: str = "") -> ConfigDict:
         quantizer=ConfigDict(dict(
             codebook_size=512, code_dim=32, beta=0.25,
             ema_decay=0.99,      # > 0: EMA codebook updates (no codebook loss); 0: learned by the codebook loss
+            kmeans_init=10,      # > 0: k-means iterations on the first batch's encoder outputs start the codes (EMA)
             restart_below=0.03,  # restart codes below this fraction of a uniform share (needs EMA); 0: off
             cosine=False,        # l2-normalized codes
             lookup_dim=0))))     # > 0: look codes up in a projected space of this size
@@ -40,6 +42,7 @@ def get_config(arg: str = "") -> ConfigDict:
 def _apply_variant(c: ConfigDict, arg: str) -> None:
     if arg == "plain":  # the baseline without anti-collapse options
         c.model.quantizer.ema_decay = 0.0
+        c.model.quantizer.kmeans_init = 0
         c.model.quantizer.restart_below = 0.0
         c.model.quantizer.cosine = False
         c.model.quantizer.lookup_dim = 0

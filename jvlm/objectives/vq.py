@@ -12,6 +12,8 @@ tested on 8 devices against one.
   [N, chunk] distances, never [N, K] (8192 codes x 65k vectors would be 2 GiB in f32).
 - `ema_update` (VQ-VAE-2 / sonnet style, Laplace-smoothed counts) and `restart_dead_codes`
   (codes unused for a while restart at random encoder outputs, as in Jukebox / vqtorch).
+- `kmeans`: Lloyd's iterations from random encoder outputs, to start a codebook where the data is
+  (vector-quantize-pytorch's `kmeans_init`, run on the first batch).
 - `fsq`: finite scalar quantization (Mentzer et al. 2023), no codebook and no codebook loss.
 """
 
@@ -126,6 +128,21 @@ def restart_dead_codes(codebook: jax.Array, usage_ema: jax.Array, z_e: jax.Array
     dead = usage_ema < threshold
     picks = jax.random.randint(rng, codebook.shape[:1], 0, flat.shape[0])
     return jnp.where(dead[:, None], flat[picks], codebook), jnp.sum(dead)
+
+
+def kmeans(z_e: jax.Array, k: int, rng: jax.Array, iters: int = 10) -> jax.Array:
+    """k centroids [k, D] of the vectors z_e [..., D]: start at random rows, then `iters` Lloyd steps.
+    A centroid that loses all its vectors stays where it was. Global reductions: sharding-safe."""
+    flat = sg(z_e).reshape(-1, z_e.shape[-1]).astype(jnp.float32)
+    centroids = flat[jax.random.choice(rng, flat.shape[0], (k,), replace=flat.shape[0] < k)]
+
+    def lloyd(_, c):
+        idx = nearest_code(flat, c)
+        counts = jnp.bincount(idx, length=k).astype(jnp.float32)
+        sums = jax.ops.segment_sum(flat, idx, num_segments=k)
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], c)
+
+    return jax.lax.fori_loop(0, iters, lloyd, centroids)
 
 
 # ------------------------------------------------------------------------------------ FSQ

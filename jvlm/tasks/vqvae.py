@@ -3,7 +3,9 @@
 Options against codebook collapse (all in `config.model.quantizer`): `ema_decay > 0` moves codes by
 EMA of their assigned encoder outputs instead of the codebook loss (the codebook then lives in the
 non-gradient model state); `restart_below > 0` restarts codes whose assignment share fell below that
-fraction of a uniform share (needs EMA); `cosine` compares l2-normalized codes; `lookup_dim > 0`
+fraction of a uniform share (needs EMA); `kmeans_init > 0` starts the EMA codebook at that many
+k-means iterations on the first batch's encoder outputs (else the random codes sit far from the
+encoder's outputs and most of them die in the first hundreds of steps); `cosine` compares l2-normalized codes; `lookup_dim > 0`
 looks codes up in a low-dimensional projection (ViT-VQGAN's factorized codes).
 """
 
@@ -66,6 +68,9 @@ class VQVAETask(ImageAutoencoderTask):
         if q.restart_below > 0 and q.ema_decay <= 0:
             raise ConfigError("config.model.quantizer.restart_below needs EMA codebook updates: set "
                               "model.quantizer.ema_decay (e.g. 0.99) or restart_below=0.")
+        if q.get("kmeans_init", 0) > 0 and q.ema_decay <= 0:
+            raise ConfigError("config.model.quantizer.kmeans_init initializes the EMA codebook: set "
+                              "model.quantizer.ema_decay (e.g. 0.99) or kmeans_init=0.")
         if q.codebook_size < 2:
             raise ConfigError(f"config.model.quantizer.codebook_size must be >= 2, got {q.codebook_size}.")
 
@@ -88,7 +93,8 @@ class VQVAETask(ImageAutoencoderTask):
             book = jax.random.normal(jax.random.fold_in(rng, 1), (q.codebook_size, q.lookup_dim or q.code_dim))
             book = vq.l2_normalize(book) if q.cosine else book
             state = {"codebook": book, "ema": vq.ema_init(book),
-                     "usage": jnp.full((q.codebook_size,), 1.0 / q.codebook_size)}
+                     "usage": jnp.full((q.codebook_size,), 1.0 / q.codebook_size),
+                     "initialized": jnp.asarray(q.get("kmeans_init", 0) <= 0)}
         return {"main": params}, state
 
     def param_groups(self, params) -> list[ParamGroup]:
@@ -138,6 +144,8 @@ class VQVAETask(ImageAutoencoderTask):
     def _update_codebook(self, state, z, out, rng):
         q = self.config.model.quantizer
         zs = vq.l2_normalize(z) if q.cosine else z
+        if q.get("kmeans_init", 0) > 0:  # the first step replaces the random codes by k-means centroids
+            state = jax.lax.cond(state["initialized"], lambda s: s, lambda s: self._kmeans_state(s, zs, rng), state)
         ema, book = vq.ema_update(state["ema"], zs, out.indices, decay=q.ema_decay)
         share = out.counts / jnp.maximum(jnp.sum(out.counts), 1.0)
         usage = q.ema_decay * state["usage"] + (1 - q.ema_decay) * share
@@ -149,7 +157,13 @@ class VQVAETask(ImageAutoencoderTask):
             ema = vq.EMAState(jnp.where(dead, 1.0, ema.cluster_size), jnp.where(dead[:, None], book, ema.embed_sum))
             usage = jnp.where(dead, 1.0 / k, usage)
         book = vq.l2_normalize(book) if q.cosine else book
-        return {"codebook": book, "ema": ema, "usage": usage}, restarted
+        return {**state, "codebook": book, "ema": ema, "usage": usage}, restarted
+
+    def _kmeans_state(self, state, zs, rng):
+        q = self.config.model.quantizer
+        book = vq.kmeans(zs, q.codebook_size, jax.random.fold_in(rng, 7), iters=q.kmeans_init)
+        book = vq.l2_normalize(book) if q.cosine else book
+        return {**state, "codebook": book, "ema": vq.ema_init(book), "initialized": jnp.asarray(True)}
 
     # ------------------------------------------------------------------ inference and evaluation
     def functions(self) -> dict:

@@ -112,6 +112,17 @@ def test_dead_codes_restart_at_encoder_outputs():
         assert np.any(np.all(np.isclose(row, np.asarray(z)), axis=-1))
 
 
+def test_kmeans_finds_well_separated_clusters():
+    centres = jnp.asarray([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0], [0.0, -10.0]])
+    noise = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (4, 50, 2))
+    z = (centres[:, None] + noise).reshape(-1, 2)
+    found = np.asarray(vq.kmeans(z, 4, jax.random.PRNGKey(2), iters=10))
+    # Every true centre has a centroid at its cluster's mean (order is arbitrary).
+    means = np.asarray(jnp.mean(centres[:, None] + noise, axis=1))
+    for m in means:
+        assert np.min(np.linalg.norm(found - m, axis=-1)) < 1e-4
+
+
 def test_statistics_and_ema_sums_cover_the_whole_sharded_batch():
     z, codebook = data(n=256)
     mesh = sharding.make_mesh({"data": 8})

@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 from helpers import run_cli, step_setup, train
 
-from jvlm.config import ConfigError
+from jvlm.config import ConfigError, load_config
+from jvlm.data.pixels import images_to_float
 from jvlm.models.autoencoder import Encoder
+from jvlm.objectives import vq
+from jvlm.tasks.vqvae import VQAutoencoder
+from jvlm.train import loop
 from jvlm.train.metrics import read_metrics
 
 TINY = "configs/vqvae_shapes.py:tiny"
+PLAIN = ("model.quantizer.ema_decay=0.0", "model.quantizer.restart_below=0.0", "model.quantizer.kmeans_init=0")
 
 
 def setup(n_devices, *overrides):
@@ -49,8 +54,29 @@ def test_ema_codebook_lives_in_model_state_and_moves():
     assert not np.allclose(before, np.asarray(state.model_state["codebook"]))
 
 
+def test_first_step_starts_the_ema_codes_at_kmeans_centroids_of_encoder_outputs():
+    fn, state, mesh = setup(1, "model.quantizer.restart_below=0.0")
+    assert not bool(state.model_state["initialized"])
+    task = loop.build(load_config(TINY, []), None, devices=jax.devices()[:1])[0]
+    x = images_to_float(batches(1)[0]["image"])
+    z = np.asarray(task.model.apply({"params": state.params["main"]}, x, method=VQAutoencoder.encode)).reshape(-1, 8)
+
+    def quantization_error(book):
+        return np.mean(np.min(np.sum((z[:, None] - np.asarray(book)[None]) ** 2, -1), -1))
+
+    random_error = quantization_error(state.model_state["codebook"])
+    state, _ = run_steps(fn, state, mesh, n=1)
+    assert bool(state.model_state["initialized"])
+    # The step's k-means ran on exactly these encoder outputs: one EMA step later the codes fit them about as
+    # well as k-means does on its own, far better than the random start did, and nearly every code is in use.
+    kmeans_error = quantization_error(vq.kmeans(z, 32, jax.random.PRNGKey(3), iters=10))
+    assert quantization_error(state.model_state["codebook"]) < min(1.15 * kmeans_error, 0.6 * random_error)
+    used = np.unique(np.argmin(np.sum((z[:, None] - np.asarray(state.model_state["codebook"])[None]) ** 2, -1), -1))
+    assert len(used) > 0.8 * 32
+
+
 def test_plain_codebook_is_a_parameter_moved_by_the_codebook_loss():
-    fn, state, mesh = setup(1, "model.quantizer.ema_decay=0.0", "model.quantizer.restart_below=0.0")
+    fn, state, mesh = setup(1, *PLAIN)
     before = np.asarray(state.params["main"]["codebook"])
     state, _ = run_steps(fn, state, mesh)
     assert state.model_state == {} and not np.allclose(before, np.asarray(state.params["main"]["codebook"]))
@@ -74,6 +100,8 @@ def test_bad_inputs_are_named():
         setup(1, "model.encoder.ch_mult=(1, 2, 2, 2)", "data.image_size=36")
     with pytest.raises(ConfigError, match="restart_below needs EMA codebook updates"):
         setup(1, "model.quantizer.ema_decay=0.0")
+    with pytest.raises(ConfigError, match="kmeans_init initializes the EMA codebook"):
+        setup(1, "model.quantizer.ema_decay=0.0", "model.quantizer.restart_below=0.0")
 
 
 def test_low_dimensional_cosine_lookup_trains():
