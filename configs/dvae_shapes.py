@@ -26,7 +26,7 @@ def get_config(arg: str = "") -> ConfigDict:
     # Sized for 15 CPU minutes (2 cores), like configs/vqvae_shapes.py.
     c = run_config("dvae", total_steps=1800, batch_size=64, log_every=50, eval_every=300, checkpoint_every=300)
     c.optimizer = ConfigDict(dict(
-        name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=100, end_lr_fraction=0.05,
+        name="adam", learning_rate=2e-3, schedule="cosine", warmup_steps=100, end_lr_fraction=0.05,
         b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0, freeze="", lr_mults=(),
         wd_exclude=".*"))
     c.data = ConfigDict(dict(source="shapes", seed=0, image_size=32, flip=True, num_threads=2, prefetch=4))

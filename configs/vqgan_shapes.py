@@ -24,6 +24,7 @@ def get_config(arg: str = "") -> ConfigDict:
         # taming starts the discriminator once reconstructions are good: GAN gradients on a blurry
         # autoencoder mostly add noise. Here: the last third of the run.
         start_step=c.total_steps * 2 // 3,
+        ramp_steps=0 if tiny else 200,  # fade the generator's GAN term in over these steps
         weight=0.8,                   # taming's disc_weight, times the adaptive weight
         adaptive_weight=True,
         max_adaptive_weight=1e4,

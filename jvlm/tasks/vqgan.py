@@ -7,8 +7,9 @@ tokenizer's loss hands its reconstructions to the discriminator's loss through t
 they are computed once per step. Before `gan.start_step` neither GAN term is computed (lax.cond).
 
 Generator loss: reconstruction (MSE) + perceptual.weight * perceptual + quantizer losses
-                + λ * gan.weight * generator GAN loss,
-λ = ‖∇ rec‖ / ‖∇ GAN‖ at the decoder's last convolution kernel (gan.adaptive_weight; else λ = 1).
+                + λ * gan.weight * ramp * generator GAN loss,
+λ = ‖∇ rec‖ / ‖∇ GAN‖ at the decoder's last convolution kernel (gan.adaptive_weight; else λ = 1);
+ramp rises from 0 to 1 over gan.ramp_steps steps after gan.start_step.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ class VQGANTask(VQVAETask):
             return g_loss, lam
 
         g_loss, lam = jax.lax.cond(self._gan_on(ctx.step), with_gan, lambda _: (jnp.zeros(()), jnp.zeros(())), None)
-        loss = rec + g.weight * lam * g_loss + self.quantizer_loss(out)
+        gan_weight = g.weight * lam * gan.ramp(ctx.step, g.start_step, g.ramp_steps)
+        loss = rec + gan_weight * g_loss + self.quantizer_loss(out)
         metrics = {"mse": mse, "perceptual": perc, "generator_loss": g_loss, "adaptive_weight": lam,
+                   "gan_weight": gan_weight,
                    **self.quantizer_metrics(x, x_hat, out)}
         new_state = self.codebook_update(ctx.model_state, z, out, rng, metrics)
         return LossOutput(loss, metrics, new_state, carry={"reconstruction": x_hat})

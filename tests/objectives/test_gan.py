@@ -45,3 +45,9 @@ def test_perceptual_distance_is_zero_for_equal_features_and_ignores_per_position
     assert d.shape == (2,) and np.all(d > 0) and np.all(d <= 2 * 4)  # each layer's term is at most 4
     with pytest.raises(ValueError, match="same non-zero number of feature layers"):
         perceptual_distance(a, a[:1])
+
+
+def test_ramp_is_zero_before_the_start_then_linear_to_one():
+    steps = jnp.arange(8)
+    np.testing.assert_allclose(gan.ramp(steps, 3, 4), [0, 0, 0, 0.25, 0.5, 0.75, 1, 1])
+    np.testing.assert_allclose(gan.ramp(steps, 3, 0), [0, 0, 0, 1, 1, 1, 1, 1])
