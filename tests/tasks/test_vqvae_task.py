@@ -46,16 +46,20 @@ def test_cli_run_logs_reconstruction_metrics_and_writes_a_png_grid(tmp_path):
     assert Image.open(tmp_path / "samples" / "reconstructions_0000020.png").size[1] == 2 * 34 + 2  # 2 rows
 
 
-def test_ema_codebook_lives_in_model_state_and_moves():
-    fn, state, mesh = setup(1)
+@pytest.fixture(scope="module")
+def ema_step():
+    """One compiled 1-device step with the EMA codebook (no restarts), shared by the tests below."""
+    return setup(1, "model.quantizer.restart_below=0.0")
+
+
+def fresh(step_setup_result):
+    fn, state, mesh = step_setup_result
+    return fn, jax.tree.map(jnp.copy, state), mesh  # the step donates its input state
+
+
+def test_ema_codebook_lives_in_model_state_starts_at_kmeans_centroids_and_moves(ema_step):
+    fn, state, mesh = fresh(ema_step)
     assert "codebook" not in state.params["main"]
-    before = np.asarray(state.model_state["codebook"])
-    state, _ = run_steps(fn, state, mesh)
-    assert not np.allclose(before, np.asarray(state.model_state["codebook"]))
-
-
-def test_first_step_starts_the_ema_codes_at_kmeans_centroids_of_encoder_outputs():
-    fn, state, mesh = setup(1, "model.quantizer.restart_below=0.0")
     assert not bool(state.model_state["initialized"])
     task = loop.build(load_config(TINY, []), None, devices=jax.devices()[:1])[0]
     x = images_to_float(batches(1)[0]["image"])
@@ -73,6 +77,9 @@ def test_first_step_starts_the_ema_codes_at_kmeans_centroids_of_encoder_outputs(
     assert quantization_error(state.model_state["codebook"]) < min(1.15 * kmeans_error, 0.6 * random_error)
     used = np.unique(np.argmin(np.sum((z[:, None] - np.asarray(state.model_state["codebook"])[None]) ** 2, -1), -1))
     assert len(used) > 0.8 * 32
+    after_first = np.asarray(state.model_state["codebook"])
+    state, _ = run_steps(fn, state, mesh, n=2)
+    assert not np.allclose(after_first, np.asarray(state.model_state["codebook"]))  # EMA updates move the codes
 
 
 def test_plain_codebook_is_a_parameter_moved_by_the_codebook_loss():
@@ -82,8 +89,8 @@ def test_plain_codebook_is_a_parameter_moved_by_the_codebook_loss():
     assert state.model_state == {} and not np.allclose(before, np.asarray(state.params["main"]["codebook"]))
 
 
-def test_eight_device_step_matches_one_device_including_ema_statistics():
-    s1, l1 = run_steps(*setup(1, "model.quantizer.restart_below=0.0"))
+def test_eight_device_step_matches_one_device_including_ema_statistics(ema_step):
+    s1, l1 = run_steps(*fresh(ema_step))
     s8, l8 = run_steps(*setup(8, "model.quantizer.restart_below=0.0"))
     np.testing.assert_allclose(l1, l8, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(s1.model_state["ema"].cluster_size),
