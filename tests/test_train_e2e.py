@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,8 +125,9 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_resumes(tmp_path):
     assert f"resumed from checkpoint at step {steps[0]}" in resumed.stderr
 
 
-def test_standalone_eval_appends_zero_shot_and_retrieval_metrics(reference_run):
-    workdir, _ = reference_run
+def test_standalone_eval_appends_zero_shot_and_retrieval_metrics(reference_run, tmp_path):
+    workdir = tmp_path / "run"  # a copy: the shared reference run stays as training left it
+    shutil.copytree(reference_run[0], workdir)
     before = len(read_metrics(workdir))
     proc = run_cli(["experiments.eval", *TINY, "--workdir", str(workdir)])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
