@@ -34,3 +34,14 @@ def run_config(task: str, *, total_steps: int, batch_size: int, log_every: int, 
     # Used only when the workdir has no checkpoint yet: copy params matching `params` ('group/path' regex).
     c.init_from = ConfigDict(dict(checkpoint="", params=".*", required=False))
     return c
+
+
+def tiny_run(c: ConfigDict) -> None:
+    """The run settings of every `:tiny` variant: 20 steps of 16 that log, evaluate and checkpoint often
+    enough for tests to see each of them."""
+    c.total_steps = 20
+    c.batch_size = 16
+    c.log_every = 2
+    c.eval_every = 10
+    c.checkpoint_every = 5
+    c.optimizer.warmup_steps = 2

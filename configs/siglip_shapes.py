@@ -14,7 +14,7 @@ debugging); "lit" (LiT: image tower locked and loaded from --config.init_from.ch
 
 from ml_collections import ConfigDict
 
-from configs.common import run_config
+from configs.common import run_config, tiny_run
 from jvlm.models import presets
 
 
@@ -65,12 +65,7 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.init_from.params = "main/(img|img_proj)/.*"
         c.init_from.required = True
     elif arg == "tiny":
-        c.total_steps = 20
-        c.batch_size = 16
-        c.log_every = 2
-        c.eval_every = 10
-        c.checkpoint_every = 5
-        c.optimizer.warmup_steps = 2
+        tiny_run(c)
         c.data.image_size = 32
         c.model.embed_dim = 32
         c.model.image = ConfigDict(dict(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="map",
