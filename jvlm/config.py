@@ -171,6 +171,19 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
     check_choice("model.remat", config.model.get("remat", "none"), REMAT_POLICIES)
 
 
+def load_run_config(workdir: str, tasks: Sequence[str], hint: str) -> ml_collections.ConfigDict:
+    """The saved config of a run (WORKDIR/config.json), which must be one of `tasks`; `hint` tells the user
+    which run to give instead."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir!r} is not a jvlm run directory (no config.json); {hint}")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.task not in tasks:
+        raise ValueError(f"{workdir} holds a {config.task!r} run; {hint}")
+    return config
+
+
 def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ConfigError(f"config.{key}={value!r} is not one of {', '.join(map(repr, choices))}.")

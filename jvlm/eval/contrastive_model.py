@@ -9,7 +9,6 @@ The run's own preprocessing (resize/crop to the trained size, [-1, 1] scaling) a
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jvlm.config import load_run_config
 from jvlm.data.sources import load_image
 from jvlm.data.tokenizer import Tokenizer
 from jvlm.eval.metrics import average_templates, class_prompts
@@ -36,10 +36,7 @@ class ContrastiveModel:
     @classmethod
     def load(cls, workdir: str, *, ema: bool = True) -> "ContrastiveModel":
         """The newest checkpoint of a run (its EMA parameters when the run kept them)."""
-        with open(os.path.join(workdir, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-        if config.task != "contrastive":
-            raise ValueError(f"{workdir} holds a {config.task!r} run, not a contrastive one.")
+        config = load_run_config(workdir, ("contrastive",), "give the workdir of a contrastive run")
         tok_path = config.data.tokenizer or os.path.join(workdir, "tokenizer.model")
         step, params = load_params(workdir, ema=ema)
         return cls(config, params["main"], Tokenizer(tok_path), step)

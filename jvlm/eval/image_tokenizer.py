@@ -11,12 +11,10 @@ parameter, or the EMA codebook in the model state).
 
 from __future__ import annotations
 
-import json
-import os
-
 import ml_collections
 import numpy as np
 
+from jvlm.config import load_run_config
 from jvlm.data.pixels import float_to_uint8
 from jvlm.models.autoencoder import downsampling_factor
 from jvlm.train.checkpoint import load_for_inference
@@ -34,13 +32,8 @@ class ImageTokenizer:
     @classmethod
     def load(cls, workdir: str, *, ema: bool = True) -> "ImageTokenizer":
         """The newest checkpoint of a tokenizer run (its EMA parameters when the run kept them)."""
-        path = os.path.join(workdir, "config.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{workdir!r} is not a jvlm run directory (no config.json)")
-        with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-        if config.task not in TOKENIZER_TASKS:
-            raise ValueError(f"{workdir} holds a {config.task!r} run, not an image tokenizer ({', '.join(TOKENIZER_TASKS)}).")
+        config = load_run_config(workdir, TOKENIZER_TASKS,
+                                 f"give the workdir of an image tokenizer run ({', '.join(TOKENIZER_TASKS)})")
         step, params, model_state = load_for_inference(workdir, ema=ema)
         return cls(config, params["main"], model_state, step)
 

@@ -18,15 +18,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+
+from jvlm.config import load_run_config
 
 
 class FeatureNet(NamedTuple):
@@ -89,15 +89,8 @@ def from_run(workdir: str) -> FeatureNet:
     from jvlm.tasks import get_task_class
     from jvlm.train.checkpoint import load_params
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{workdir!r} is not a jvlm run directory (no config.json); give the workdir of a "
-                                f"trained {' / '.join(_RUN_TAPS)} run")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.task not in _RUN_TAPS:
-        raise ValueError(f"{workdir} holds a {config.task!r} run, which has no image encoder to take perceptual "
-                         f"features from; use a {' / '.join(_RUN_TAPS)} run")
+    config = load_run_config(workdir, tuple(_RUN_TAPS), "perceptual features need a trained image encoder: give "
+                             f"the workdir of a {' / '.join(_RUN_TAPS)} run")
     pattern, method = _RUN_TAPS[config.task]
     model = get_task_class(config.task)(config, None, None).model
     step, params = load_params(workdir, ema=True)
