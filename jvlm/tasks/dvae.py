@@ -21,7 +21,7 @@ from jvlm.config import ConfigError
 from jvlm.data.pixels import images_to_float
 from jvlm.models.autoencoder import Decoder, Encoder
 from jvlm.objectives import gumbel, vq
-from jvlm.tasks.image_autoencoder import ImageAutoencoderTask, code_metrics
+from jvlm.tasks.image_autoencoder import ImageAutoencoderTask, code_metrics, psnr_per_image
 from jvlm.train import optim
 from jvlm.train.step import LossOutput, ParamGroup
 
@@ -99,10 +99,9 @@ class DVAETask(ImageAutoencoderTask):
         x_hat = self.model.apply({"params": p}, sample, method=DiscreteVAE.decode)
         mse = jnp.mean(jnp.square(x_hat - x))
         kl = jnp.mean(gumbel.kl_to_uniform(logits))
-        per_image = jnp.mean(jnp.square(jnp.clip(x_hat, -1, 1) - x), axis=(1, 2, 3))
         _, perplexity, usage = vq.code_statistics(jnp.argmax(logits, axis=-1), q.codebook_size)
         metrics = {"mse": mse, "kl": kl, "temperature": tau, "kl_weight": beta,
-                   "psnr": jnp.mean(10 * jnp.log10(4.0 / jnp.maximum(per_image, 1e-10))),  # of relaxed samples
+                   "psnr": jnp.mean(psnr_per_image(x_hat, x)),  # of relaxed samples
                    "perplexity": perplexity, "codebook_usage": usage}
         return LossOutput(mse + beta * kl, metrics)
 
@@ -133,10 +132,9 @@ class DVAETask(ImageAutoencoderTask):
             x = images_to_float(images)
             logits = model.apply({"params": p}, x, method=DiscreteVAE.logits)
             sample = gumbel.gumbel_softmax(rng, logits, q.temperature_end)
-            x_hat = jnp.clip(model.apply({"params": p}, sample, method=DiscreteVAE.decode), -1, 1)
-            mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))
+            x_hat = model.apply({"params": p}, sample, method=DiscreteVAE.decode)
             return {"kl": jnp.mean(gumbel.kl_to_uniform(logits), axis=(1, 2)),
-                    "psnr_sampled": 10 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))}
+                    "psnr_sampled": psnr_per_image(x_hat, x)}
 
         def reconstruct(p, ms, images, rng):
             codes = fn["tokenize"](p, ms, images)

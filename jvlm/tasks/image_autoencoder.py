@@ -92,6 +92,13 @@ class ImageAutoencoderTask(Task):
         return out
 
 
+def psnr_per_image(x_hat: jax.Array, x: jax.Array) -> jax.Array:
+    """PSNR [B] in dB of reconstructions against images, both in [-1, 1] (a range of 2, so peak² = 4),
+    inside jit; reconstructions are clipped first, as the 8-bit images they stand for would be."""
+    mse = jnp.mean(jnp.square(jnp.clip(x_hat, -1, 1) - x), axis=(1, 2, 3))
+    return 10 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+
+
 def code_metrics(codes: np.ndarray, codebook_size: int) -> dict[str, float]:
     """eval/codebook_usage (fraction of codes used at least once) and eval/perplexity of code frequencies."""
     counts = np.bincount(codes.reshape(-1), minlength=codebook_size)

@@ -20,7 +20,7 @@ from jvlm.config import ConfigError
 from jvlm.data.pixels import images_to_float
 from jvlm.models.autoencoder import Decoder, Encoder
 from jvlm.objectives import vae
-from jvlm.tasks.image_autoencoder import ImageAutoencoderTask
+from jvlm.tasks.image_autoencoder import ImageAutoencoderTask, psnr_per_image
 from jvlm.train import optim
 from jvlm.train.step import LossOutput, ParamGroup
 
@@ -128,11 +128,10 @@ class VAETask(ImageAutoencoderTask):
         nll_bpd = jnp.mean(vae.bits_per_dim(nll, self.num_dims))
         kl_bpd = jnp.mean(vae.bits_per_dim(kl, self.num_dims))
         # PSNR of the decoder mean at the training sample (evaluation decodes the posterior mean instead)
-        mse = jnp.mean(jnp.square(jnp.clip(x_mean, -1, 1) - images_to_float(x)), axis=(1, 2, 3))
         metrics = {"nll_bits_per_dim": nll_bpd, "kl_bits_per_dim": kl_bpd, "bits_per_dim": nll_bpd + kl_bpd,
                    "kl": jnp.mean(kl), "beta": beta, "decoder_scale": jnp.mean(jnp.exp(self.log_scale(p))),
                    "posterior_std": jnp.mean(jnp.exp(0.5 * post.logvar)),
-                   "psnr": jnp.mean(10 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10)))}
+                   "psnr": jnp.mean(psnr_per_image(x_mean, images_to_float(x)))}
         return LossOutput(loss, metrics)
 
     # ------------------------------------------------------------------ inference and evaluation

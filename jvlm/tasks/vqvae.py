@@ -5,8 +5,9 @@ EMA of their assigned encoder outputs instead of the codebook loss (the codebook
 non-gradient model state); `restart_below > 0` restarts codes whose assignment share fell below that
 fraction of a uniform share (needs EMA); `kmeans_init > 0` starts the EMA codebook at that many
 k-means iterations on the first batch's encoder outputs (else the random codes sit far from the
-encoder's outputs and most of them die in the first hundreds of steps); `cosine` compares l2-normalized codes; `lookup_dim > 0`
-looks codes up in a low-dimensional projection (ViT-VQGAN's factorized codes).
+encoder's outputs and most of them die in the first hundreds of steps); `cosine` compares
+l2-normalized codes; `lookup_dim > 0` looks codes up in a low-dimensional projection (ViT-VQGAN's
+factorized codes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jvlm.data.pixels import images_to_float
 from jvlm.models.autoencoder import Decoder, Encoder
 from jvlm.models.layers import dense_init
 from jvlm.objectives import vq
-from jvlm.tasks.image_autoencoder import ImageAutoencoderTask, code_metrics
+from jvlm.tasks.image_autoencoder import ImageAutoencoderTask, code_metrics, psnr_per_image
 from jvlm.train import optim
 from jvlm.train.step import LossOutput, ParamGroup
 
@@ -68,7 +69,7 @@ class VQVAETask(ImageAutoencoderTask):
         if q.restart_below > 0 and q.ema_decay <= 0:
             raise ConfigError("config.model.quantizer.restart_below needs EMA codebook updates: set "
                               "model.quantizer.ema_decay (e.g. 0.99) or restart_below=0.")
-        if q.get("kmeans_init", 0) > 0 and q.ema_decay <= 0:
+        if self._kmeans_iters > 0 and q.ema_decay <= 0:
             raise ConfigError("config.model.quantizer.kmeans_init initializes the EMA codebook: set "
                               "model.quantizer.ema_decay (e.g. 0.99) or kmeans_init=0.")
         if q.codebook_size < 2:
@@ -84,6 +85,11 @@ class VQVAETask(ImageAutoencoderTask):
     def _ema(self) -> bool:
         return self.config.model.quantizer.ema_decay > 0
 
+    @property
+    def _kmeans_iters(self) -> int:
+        """k-means iterations that start the EMA codebook; 0 for runs saved before the option existed."""
+        return self.config.model.quantizer.get("kmeans_init", 0)
+
     def init(self, rng):
         d = self.config.data
         params = self.model.init(rng, jnp.zeros((1, d.image_size, d.image_size, 3)))["params"]
@@ -94,7 +100,7 @@ class VQVAETask(ImageAutoencoderTask):
             book = vq.l2_normalize(book) if q.cosine else book
             state = {"codebook": book, "ema": vq.ema_init(book),
                      "usage": jnp.full((q.codebook_size,), 1.0 / q.codebook_size),
-                     "initialized": jnp.asarray(q.get("kmeans_init", 0) <= 0)}
+                     "initialized": jnp.asarray(self._kmeans_iters <= 0)}
         return {"main": params}, state
 
     def param_groups(self, params) -> list[ParamGroup]:
@@ -119,8 +125,7 @@ class VQVAETask(ImageAutoencoderTask):
         return out.commitment_loss + (0.0 if self._ema else out.codebook_loss)
 
     def quantizer_metrics(self, x, x_hat, out: vq.VQOutput) -> dict:
-        per_image = jnp.mean(jnp.square(jnp.clip(x_hat, -1, 1) - x), axis=(1, 2, 3))
-        return {"psnr": jnp.mean(10 * jnp.log10(4.0 / jnp.maximum(per_image, 1e-10))),
+        return {"psnr": jnp.mean(psnr_per_image(x_hat, x)),
                 "perplexity": out.perplexity, "codebook_usage": out.usage,
                 "commitment_loss": out.commitment_loss, "codebook_loss": out.codebook_loss}
 
@@ -144,7 +149,7 @@ class VQVAETask(ImageAutoencoderTask):
     def _update_codebook(self, state, z, out, rng):
         q = self.config.model.quantizer
         zs = vq.l2_normalize(z) if q.cosine else z
-        if q.get("kmeans_init", 0) > 0:  # the first step replaces the random codes by k-means centroids
+        if self._kmeans_iters > 0:  # the first step replaces the random codes by k-means centroids
             state = jax.lax.cond(state["initialized"], lambda s: s, lambda s: self._kmeans_state(s, zs, rng), state)
         ema, book = vq.ema_update(state["ema"], zs, out.indices, decay=q.ema_decay)
         share = out.counts / jnp.maximum(jnp.sum(out.counts), 1.0)
@@ -161,7 +166,7 @@ class VQVAETask(ImageAutoencoderTask):
 
     def _kmeans_state(self, state, zs, rng):
         q = self.config.model.quantizer
-        book = vq.kmeans(zs, q.codebook_size, jax.random.fold_in(rng, 7), iters=q.kmeans_init)
+        book = vq.kmeans(zs, q.codebook_size, jax.random.fold_in(rng, 7), iters=self._kmeans_iters)
         book = vq.l2_normalize(book) if q.cosine else book
         return {**state, "codebook": book, "ema": vq.ema_init(book), "initialized": jnp.asarray(True)}
 
