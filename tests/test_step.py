@@ -1,5 +1,6 @@
 """The reusable train step: sharding equivalence, freezing, accumulation, non-finite guard, groups, EMA."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +112,29 @@ def test_param_groups_update_in_order_and_on_their_cadence():
     s2, _ = step(s1, {}, jax.random.PRNGKey(0))
     assert float(s2.params["b"]["x"]) == pytest.approx(b1)  # step 1 is odd: b is not updated
     assert "b/loss" in m and "loss" in m
+
+
+def test_group_with_start_step_is_not_computed_or_updated_before_it():
+    tx = optax.adam(0.1)  # Adam: a zero-gradient step would still advance its count, so "not updated" is strict
+    loss_a = lambda p, b, r, c: LossOutput((p["a"]["x"] - 1.0) ** 2, {"seen": jnp.float32(1.0)})  # noqa: E731
+    loss_b = lambda p, b, r, c: LossOutput((p["b"]["x"] - 5.0) ** 2, {"seen": jnp.float32(1.0)},  # noqa: E731
+                                           model_state={"calls": c.model_state["calls"] + 1})
+    groups = [ParamGroup("a", loss_a, tx), ParamGroup("b", loss_b, tx, start_step=2)]
+    params = {"a": {"x": jnp.float32(3.0)}, "b": {"x": jnp.float32(0.0)}}
+    state = TrainState.create(params, {g: tx.init(params[g]) for g in params}, {"calls": jnp.int32(0)},
+                              jax.random.PRNGKey(0), False)
+    step = jax.jit(make_train_step(groups))
+    seen = []
+    for _ in range(3):
+        before = state
+        state, m = step(state, {}, jax.random.PRNGKey(0))
+        seen.append((float(m["b/seen"]), float(m["b/loss"]), int(state.model_state["calls"])))
+        if int(before.step) < 2:
+            assert float(state.params["b"]["x"]) == 0.0
+            chex.assert_trees_all_equal(state.opt_state["b"], before.opt_state["b"])
+    assert seen == [(0.0, 0.0, 0), (0.0, 0.0, 0), (1.0, 25.0, 1)]
+    assert float(state.params["b"]["x"]) != 0.0
+    assert float(state.params["a"]["x"]) < 3.0
 
 
 @pytest.mark.parametrize("k", [1, 4])

@@ -4,7 +4,8 @@ discriminator, a perceptual loss and the adaptive GAN weight.
 Two parameter groups in one train step and one checkpoint: "main" (the tokenizer) and "disc" (the
 discriminator), each with its own optimizer (`config.optimizer`, `config.gan.optimizer`). The
 tokenizer's loss hands its reconstructions to the discriminator's loss through the step's carry, so
-they are computed once per step. Before `gan.start_step` neither GAN term is computed (lax.cond).
+they are computed once per step. Before `gan.start_step` neither GAN term is computed: the generator's
+through a lax.cond, the discriminator's group through the spine's ParamGroup.start_step.
 
 Generator loss: reconstruction (MSE) + perceptual.weight * perceptual + quantizer losses
                 + λ * gan.weight * ramp * generator GAN loss,
@@ -69,7 +70,8 @@ class VQGANTask(VQVAETask):
     def param_groups(self, params) -> list[ParamGroup]:
         main = super().param_groups(params)
         tx, schedule, frozen = optim.make_optimizer(self.config.gan.optimizer, params["disc"], self.config.total_steps)
-        return main + [ParamGroup("disc", self.disc_loss_fn, tx, schedule, frozen)]
+        # The spine skips the whole group before the GAN starts (ParamGroup.start_step).
+        return main + [ParamGroup("disc", self.disc_loss_fn, tx, schedule, frozen, start_step=self.config.gan.start_step)]
 
     # ------------------------------------------------------------------ losses
     def _gan_on(self, step) -> jax.Array:
@@ -109,10 +111,12 @@ class VQGANTask(VQVAETask):
             if not g.adaptive_weight:
                 return g_loss, jnp.ones(())
             # Gradients at the last layer's kernel only: h is fixed, so this is one small extra backward pass.
-            w = p["dec"]["conv_out"]
-            at_last = lambda f: jax.grad(lambda k: f(last(dict(w, kernel=k), jax.lax.stop_gradient(h))))(w["kernel"])  # noqa: E731
-            lam = gan.adaptive_weight(at_last(rec_loss),
-                                      at_last(gen_loss), g.max_adaptive_weight)
+            # λ is a constant to the outer gradient, so its inputs are cut from it too: otherwise the outer
+            # gradient traces the tangents of these inner gradients (second order), which made a GAN step
+            # several times slower than the rest of the step on CPU.
+            w, hs = jax.lax.stop_gradient((p["dec"]["conv_out"], h))
+            at_last = lambda f: jax.grad(lambda k: f(last(dict(w, kernel=k), hs)))(w["kernel"])  # noqa: E731
+            lam = gan.adaptive_weight(at_last(rec_loss), at_last(gen_loss), g.max_adaptive_weight)
             return g_loss, lam
 
         g_loss, lam = jax.lax.cond(self._gan_on(ctx.step), with_gan, lambda _: (jnp.zeros(()), jnp.zeros(())), None)
@@ -128,11 +132,7 @@ class VQGANTask(VQVAETask):
         g, dp = self.config.gan, params["disc"]
         x, x_hat = images_to_float(batch["image"]), ctx.carry["main"]["reconstruction"]
 
-        def on(_):
-            logits = self.discriminator.apply({"params": dp}, jnp.concatenate([x, x_hat]))
-            real, fake = jnp.split(logits, 2)
-            return gan.discriminator_loss(real, fake, g.loss), jnp.mean(real), jnp.mean(fake)
-
-        zero = jnp.zeros(())
-        loss, real, fake = jax.lax.cond(self._gan_on(ctx.step), on, lambda _: (zero, zero, zero), None)
-        return LossOutput(loss, {"logits_real": real, "logits_fake": fake})
+        logits = self.discriminator.apply({"params": dp}, jnp.concatenate([x, x_hat]))
+        real, fake = jnp.split(logits, 2)
+        return LossOutput(gan.discriminator_loss(real, fake, g.loss),
+                          {"logits_real": jnp.mean(real), "logits_fake": jnp.mean(fake)})

@@ -11,12 +11,14 @@ non-gradient `model_state`, and `carry`: what the groups before this one returne
 `LossOutput.carry` this step (gradient-stopped), e.g. a GAN generator's reconstructions for its
 discriminator, so a later group need not recompute them. Groups are updated in order within one
 step, each seeing the parameters of the groups updated before it (a carry was computed with the
-parameters before their update), or only every `every` steps.
+parameters before their update), or only every `every` steps, or only from `start_step` on: before it the
+group's loss is not computed at all (one `lax.cond` around the group's whole forward and backward pass).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -50,6 +52,11 @@ class ParamGroup:
     schedule: Callable[[Any], Any] | None = None   # for the learning_rate metric
     frozen: Any = None                              # bool tree like params[name]: never updated
     every: int = 1                                  # update this group every `every` steps
+    # Before this step the group is neither computed nor updated (its metrics read 0), e.g. a GAN's
+    # discriminator. The cond wraps the group's whole value-and-grad: a cond inside a differentiated loss
+    # is split into a forward and a backward cond whose residuals cross the branch boundary, and XLA:CPU
+    # then picked layouts for the discriminator's kernel-gradient convolutions that made them 30x slower.
+    start_step: int = 0
 
 
 def split_microbatches(batch: dict, k: int) -> dict:
@@ -69,6 +76,12 @@ def merge_microbatches(x: jax.Array) -> jax.Array:
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _zeros_except_state(shapes, model_state):
+    """What a group not yet started returns: zero loss, metrics, grads and carry; the model state unchanged."""
+    loss, metrics, _, grads, carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return loss, metrics, model_state, grads, carry
 
 
 def _tree_select(pred, on_true, on_false):
@@ -119,16 +132,20 @@ def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_
         metrics, all_ok, carries = {}, jnp.array(True), {}
         for gi, group in enumerate(groups):
             grng = jax.random.fold_in(rng, gi)
-            loss, gmetrics, new_ms, grads, carry = group_grads(
-                state, params, model_state, group, batch, grng, dict(carries))
+            compute = functools.partial(group_grads, state, params, model_state, group, batch, grng, dict(carries))
+            active = state.step >= group.start_step
+            if group.start_step > 0:
+                loss, gmetrics, new_ms, grads, carry = jax.lax.cond(
+                    active, compute, lambda: _zeros_except_state(jax.eval_shape(compute), model_state))
+            else:
+                loss, gmetrics, new_ms, grads, carry = compute()
             if carry is not None:
                 carries[group.name] = carry
             grad_norm = optax.tree.norm(grads)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(gmetrics)
+            ok_update = ok & active
             if group.every > 1:
-                ok_update = ok & (state.step % group.every == 0)
-            else:
-                ok_update = ok
+                ok_update = ok_update & (state.step % group.every == 0)
             updates, new_opt = group.tx.update(grads, opt_state[group.name], params[group.name])
             new_params = optax.apply_updates(params[group.name], updates)
             if group.frozen is not None:  # frozen leaves pass through untouched (bit-identical)
