@@ -25,7 +25,9 @@ def get_config(arg: str = "") -> ConfigDict:
         # autoencoder mostly add noise. Here: the last third of the run.
         start_step=c.total_steps * 2 // 3,
         ramp_steps=0 if tiny else 200,  # fade the generator's GAN term in over these steps
-        weight=0.8,                   # taming's disc_weight, times the adaptive weight
+        # times the adaptive weight. taming's disc_weight is 0.8; on shapes 0.8 cost 1.4 dB PSNR against 0.1
+        # (28.77 vs 30.18 dB, batch 64) for no visible gain in sharpness at 32x32.
+        weight=0.1,
         adaptive_weight=True,
         max_adaptive_weight=1e4,
         discriminator=ConfigDict(dict(ch=8 if tiny else 32, num_layers=2)),

@@ -90,7 +90,9 @@ def plan(config, devices, *, compiler_note: str) -> dict:
     abstract, shardings, groups, _ = loop.abstract_state(task, config, mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, len(v.shape)))
              for k, v in task.abstract_batch(config.batch_size).items()}
-    compiled = loop.jit_train_step(task, groups, shardings).lower(abstract, batch).compile()
+    # The last phase runs every parameter group (e.g. a VQ-GAN after its discriminator starts): the largest.
+    last_phase = max(g.start_step for g in groups)
+    compiled = loop.jit_train_step(task, groups, shardings, last_phase).lower(abstract, batch).compile()
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -12,7 +12,7 @@ from jvlm import sharding
 from jvlm.config import load_config
 from jvlm.train import loop
 from jvlm.train.state import TrainState
-from jvlm.train.step import LossOutput, ParamGroup, make_train_step
+from jvlm.train.step import LossOutput, ParamGroup, active_groups, make_train_step, phase_starts
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -135,6 +135,18 @@ def test_group_with_start_step_is_not_computed_or_updated_before_it():
     assert seen == [(0.0, 0.0, 0), (0.0, 0.0, 0), (1.0, 25.0, 1)]
     assert float(state.params["b"]["x"]) != 0.0
     assert float(state.params["a"]["x"]) < 3.0
+
+    # The loop's form: one program per phase, chosen by the host-side step; the same states, step by step.
+    assert phase_starts(groups) == [0, 2]
+    programs = {s: jax.jit(make_train_step(groups, active=active_groups(groups, s))) for s in (0, 2)}
+    phased = TrainState.create(params, {g: tx.init(params[g]) for g in params}, {"calls": jnp.int32(0)},
+                               jax.random.PRNGKey(0), False)
+    for i in range(3):
+        phased, m = programs[0 if i < 2 else 2](phased, {}, jax.random.PRNGKey(0))
+        assert float(m["b/seen"]) == (1.0 if i == 2 else 0.0)
+    chex.assert_trees_all_close(phased.params, state.params)
+    chex.assert_trees_all_close(phased.opt_state, state.opt_state)
+    assert int(phased.model_state["calls"]) == 1
 
 
 @pytest.mark.parametrize("k", [1, 4])

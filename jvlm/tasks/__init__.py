@@ -6,6 +6,7 @@ import importlib
 
 TASKS = {
     "contrastive": "jvlm.tasks.contrastive:ContrastiveTask",
+    "diffusion": "jvlm.tasks.diffusion:DiffusionTask",
     "dvae": "jvlm.tasks.dvae:DVAETask",
     "vae": "jvlm.tasks.vae:VAETask",
     "vqvae": "jvlm.tasks.vqvae:VQVAETask",

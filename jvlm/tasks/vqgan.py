@@ -4,8 +4,8 @@ discriminator, a perceptual loss and the adaptive GAN weight.
 Two parameter groups in one train step and one checkpoint: "main" (the tokenizer) and "disc" (the
 discriminator), each with its own optimizer (`config.optimizer`, `config.gan.optimizer`). The
 tokenizer's loss hands its reconstructions to the discriminator's loss through the step's carry, so
-they are computed once per step. Before `gan.start_step` neither GAN term is computed: the generator's
-through a lax.cond, the discriminator's group through the spine's ParamGroup.start_step.
+they are computed once per step. Before `gan.start_step` neither GAN term is computed: the training
+loop compiles one program for the steps before it and one for the steps after (ParamGroup.start_step).
 
 Generator loss: reconstruction (MSE) + perceptual.weight * perceptual + quantizer losses
                 + λ * gan.weight * ramp * generator GAN loss,
@@ -119,7 +119,11 @@ class VQGANTask(VQVAETask):
             lam = gan.adaptive_weight(at_last(rec_loss), at_last(gen_loss), g.max_adaptive_weight)
             return g_loss, lam
 
-        g_loss, lam = jax.lax.cond(self._gan_on(ctx.step), with_gan, lambda _: (jnp.zeros(()), jnp.zeros(())), None)
+        off = lambda _: (jnp.zeros(()), jnp.zeros(()))  # noqa: E731
+        if ctx.active is not None:  # a program built for one phase: before or after the GAN starts, statically
+            g_loss, lam = with_gan(None) if "disc" in ctx.active else off(None)
+        else:
+            g_loss, lam = jax.lax.cond(self._gan_on(ctx.step), with_gan, off, None)
         gan_weight = g.weight * lam * gan.ramp(ctx.step, g.start_step, g.ramp_steps)
         loss = rec + gan_weight * g_loss + self.quantizer_loss(out)
         metrics = {"mse": mse, "perceptual": perc, "generator_loss": g_loss, "adaptive_weight": lam,

@@ -26,7 +26,7 @@ from jvlm.train.checkpoint import Checkpointer
 from jvlm.train.init_from import apply_init_from
 from jvlm.train.metrics import MetricsWriter, Progress
 from jvlm.train.state import TrainState
-from jvlm.train.step import make_train_step
+from jvlm.train.step import active_groups, make_train_step, phase_starts
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,11 +76,13 @@ def abstract_state(task, config, mesh):
     return abstract, shardings, groups, init_state
 
 
-def make_step(task, groups):
-    """The task's train step; accumulation is left to tasks whose loss couples examples."""
+def make_step(task, groups, at_step: int = 0):
+    """The task's train step for the phase of the run that contains `at_step` (the groups started by
+    then); accumulation is left to tasks whose loss couples examples."""
     config = task.config
     accum = 1 if task.handles_grad_accum else config.get("grad_accum_steps", 1)
-    return make_train_step(groups, grad_accum_steps=accum, ema_decay=config.get("ema_decay", 0.0))
+    return make_train_step(groups, grad_accum_steps=accum, ema_decay=config.get("ema_decay", 0.0),
+                           active=active_groups(groups, at_step))
 
 
 def _unbox(tree):
@@ -138,9 +140,10 @@ class _StopFlag:
         return self.requested
 
 
-def jit_train_step(task, groups, shardings):
-    """The compiled step: step keys are fold_in(state.rng, state.step); the state is donated."""
-    train_step = make_step(task, groups)
+def jit_train_step(task, groups, shardings, at_step: int = 0):
+    """The compiled step for the phase containing `at_step` (see `ParamGroup.start_step`): step keys are
+    fold_in(state.rng, state.step); the state is donated."""
+    train_step = make_step(task, groups, at_step)
     rules = sharding.rules_from_config(task.config)
 
     def step_fn(state, batch):
@@ -182,7 +185,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.get("checkpoint_async", True))
     start_step, state = initial_state(config, ckpt, abstract, shardings, init_state, mesh, primary)
-    jit_step = jit_train_step(task, groups, shardings)
+    # One program per phase (a phase starts where a group starts, e.g. a GAN's discriminator), each
+    # compiled when first used.
+    phases = {s: jit_train_step(task, groups, shardings, s) for s in phase_starts(groups)}
     loader = task.train_loader(start_step, sharding.process_rows(mesh, config.batch_size))
     writer = MetricsWriter(workdir, start_step=start_step, enabled=primary)
     progress = Progress(config.total_steps, name, enabled=primary and config.get("progress", True))
@@ -198,11 +203,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             local, host = split_host_stats(next(loader))
             truncated += int(np.sum(host.get("_truncated", 0)))
-            state, metrics = jit_step(state, sharding.global_batch(local, mesh))
+            state, metrics = phases[max(s for s in phases if s <= step)](state, sharding.global_batch(local, mesh))
             done = step + 1
             if profile is not None and done == profile.start_step + profile.num_steps:
                 jax.profiler.stop_trace()
-            if step == start_step:  # exclude compilation from throughput
+            if step == start_step or step in phases:  # exclude compilation from throughput
                 jax.block_until_ready(state.step)
                 progress.start(done)
                 t_log, step_log, paused = time.perf_counter(), done, 0.0

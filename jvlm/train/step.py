@@ -32,6 +32,10 @@ class StepContext(NamedTuple):
     step: jax.Array        # int32 scalar, the number of completed steps before this one
     model_state: Any       # non-gradient variables (read-only input; return updates in LossOutput)
     carry: dict = {}       # group name -> LossOutput.carry of the groups before this one, this step
+    # The groups this compiled program updates, when the program was built for one phase of the run
+    # (make_train_step(active=...)): a loss may then leave out terms of groups not yet started statically.
+    # None: every group is in the program and started ones are chosen at run time.
+    active: frozenset | None = None
 
 
 class LossOutput(NamedTuple):
@@ -53,9 +57,9 @@ class ParamGroup:
     frozen: Any = None                              # bool tree like params[name]: never updated
     every: int = 1                                  # update this group every `every` steps
     # Before this step the group is neither computed nor updated (its metrics read 0), e.g. a GAN's
-    # discriminator. The cond wraps the group's whole value-and-grad: a cond inside a differentiated loss
-    # is split into a forward and a backward cond whose residuals cross the branch boundary, and XLA:CPU
-    # then picked layouts for the discriminator's kernel-gradient convolutions that made them 30x slower.
+    # discriminator. The training loop compiles one program per phase (`make_train_step(active=...)`),
+    # so no branch is needed: XLA:CPU runs kernel-gradient convolutions inside a lax.cond branch up to
+    # 80x slower than outside one. Without `active`, a lax.cond around the group's value-and-grad decides.
     start_step: int = 0
 
 
@@ -88,8 +92,23 @@ def _tree_select(pred, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_decay: float = 0.0):
-    """Builds the pure train step. Wrap it in `jax.jit(..., donate_argnums=0)` with shardings."""
+def phase_starts(groups: list[ParamGroup]) -> list[int]:
+    """The steps at which the set of started groups changes (always including 0)."""
+    return sorted({0} | {g.start_step for g in groups})
+
+
+def active_groups(groups: list[ParamGroup], step: int) -> frozenset:
+    """The names of the groups started by `step`."""
+    return frozenset(g.name for g in groups if g.start_step <= step)
+
+
+def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_decay: float = 0.0,
+                    active: frozenset | None = None):
+    """Builds the pure train step. Wrap it in `jax.jit(..., donate_argnums=0)` with shardings.
+
+    active: the names of the groups this program computes and updates (`active_groups(groups, step)` for
+    the phase of the run the program serves); the others are left out at trace time and report zeros.
+    None: all groups are traced and each one's `start_step` is checked at run time."""
 
     def group_grads(state: TrainState, params: dict, model_state, group: ParamGroup, batch, rng, carries):
         frozen = group.frozen if group.frozen is not None else jax.tree.map(lambda _: False, params[group.name])
@@ -101,7 +120,7 @@ def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_
 
         def micro(ms, mb, mrng, mcarries):
             def f(own):
-                out = group.loss_fn(loss_of(own), mb, mrng, StepContext(state.step, ms, mcarries))
+                out = group.loss_fn(loss_of(own), mb, mrng, StepContext(state.step, ms, mcarries, active))
                 return out.loss, out
             (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params[group.name])
             new_ms = ms if out.model_state is None else out.model_state
@@ -133,17 +152,20 @@ def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_
         for gi, group in enumerate(groups):
             grng = jax.random.fold_in(rng, gi)
             compute = functools.partial(group_grads, state, params, model_state, group, batch, grng, dict(carries))
-            active = state.step >= group.start_step
-            if group.start_step > 0:
-                loss, gmetrics, new_ms, grads, carry = jax.lax.cond(
-                    active, compute, lambda: _zeros_except_state(jax.eval_shape(compute), model_state))
+            started = state.step >= group.start_step
+            skip = lambda: _zeros_except_state(jax.eval_shape(compute), model_state)  # noqa: E731
+            if active is not None:  # decided when the program was built
+                started = jnp.asarray(group.name in active)
+                loss, gmetrics, new_ms, grads, carry = compute() if group.name in active else skip()
+            elif group.start_step > 0:
+                loss, gmetrics, new_ms, grads, carry = jax.lax.cond(started, compute, skip)
             else:
                 loss, gmetrics, new_ms, grads, carry = compute()
             if carry is not None:
                 carries[group.name] = carry
             grad_norm = optax.tree.norm(grads)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(gmetrics)
-            ok_update = ok & active
+            ok_update = ok & started
             if group.every > 1:
                 ok_update = ok_update & (state.step % group.every == 0)
             updates, new_opt = group.tx.update(grads, opt_state[group.name], params[group.name])

@@ -1,0 +1,97 @@
+"""Generate images with a trained diffusion run and write them as one PNG grid (a row per prompt).
+
+    python -m experiments.sample --config configs/ldm_shapes.py --workdir runs/ldm_shapes \
+        --prompt "a large red circle" --prompt "a small blue star" --steps 50 --guidance 3 [--num 8]
+        [--sampler ddim|dpm++2m|ddpm] [--eta 0] [--negative_prompt "..."] [--seed 0] [--out FILE]
+
+The model is the run's own (WORKDIR/config.json, its newest checkpoint, EMA parameters when kept); the
+whole sampling loop is one compiled program. Prints one JSON line: the file, compile time, and sampling
+time per image (after compilation). An existing file is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+from experiments.common import parse
+
+
+def _flags(p):
+    p.add_argument("--workdir", required=True, help="the diffusion run's workdir")
+    p.add_argument("--prompt", action="append", default=[], help="repeatable; ignored by unconditional models")
+    p.add_argument("--negative_prompt", default=None, help="guide away from this instead of the empty prompt")
+    p.add_argument("--num", type=int, default=8, help="images per prompt")
+    p.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
+    p.add_argument("--guidance", type=float, default=None, help="default: the run's sample.guidance")
+    p.add_argument("--sampler", default=None, help="ddim | dpm++2m | ddpm (default: the run's)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM's η (0: deterministic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default: WORKDIR/samples/<prompt>_<sampler><steps>_g<guidance>.png")
+
+
+def main(argv=None) -> None:
+    args, _ = parse(__doc__, _flags, argv)
+    import jax
+
+    from jvlm.config import load_run_config
+    from jvlm.eval.image_metrics import save_grid
+    from jvlm.objectives.diffusion_sampler import check_request
+    from jvlm.tasks.diffusion import DiffusionTask
+    from jvlm.train.checkpoint import load_params
+
+    try:
+        config = load_run_config(args.workdir, ("diffusion",), "give the workdir of a diffusion run")
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    s = config.sample
+    sampler, steps = args.sampler or s.sampler, args.steps or s.steps
+    guidance = s.guidance if args.guidance is None else args.guidance
+    eta = s.eta if args.eta is None else args.eta
+    conditional = config.conditioning.kind != "none"
+    prompts = args.prompt or ([""] if not conditional else [])
+    if not prompts:
+        sys.exit("error: this model is conditional: give at least one --prompt")
+    if args.num < 1:
+        sys.exit(f"error: --num must be at least 1, got {args.num}")
+    try:  # every check before anything compiles
+        check_request(config.diffusion.num_train_steps, sampler, steps, guidance, conditional)
+        if guidance != 1.0 and config.conditioning.dropout == 0.0:
+            raise ValueError(f"guidance={guidance} needs a model trained with conditioning dropout; this run's "
+                             f"conditioning.dropout is 0: use --guidance 1")
+        config.eval.judge = ""  # sampling needs no judge
+        task = DiffusionTask(config, args.workdir, None)
+        task.setup()
+        task.encode_prompts(prompts + ([args.negative_prompt] if args.negative_prompt is not None else []))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    out = args.out or os.path.join(args.workdir, "samples", f"{_slug(prompts[0])}_{sampler}{steps}_g{guidance:g}.png")
+    if os.path.exists(out):
+        sys.exit(f"error: {out} exists; remove it or pass --out (samples are never overwritten)")
+    step, params = load_params(args.workdir, ema=True)
+    rng = jax.random.key(args.seed)
+    kw = dict(negative_prompt=args.negative_prompt, sampler=sampler, steps=steps, guidance=guidance, eta=eta)
+    all_prompts = [p for p in prompts for _ in range(args.num)]
+    t0 = time.perf_counter()
+    task.generate(params["main"], all_prompts[:1] * len(all_prompts), rng, **kw)  # compile (same shapes)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    images = task.generate(params["main"], all_prompts, rng, **kw)
+    sample_s = time.perf_counter() - t0
+    save_grid(out, [images[i * args.num:(i + 1) * args.num] for i in range(len(prompts))])
+    print(json.dumps({"out": out, "checkpoint_step": step, "sampler": sampler, "steps": steps, "guidance": guidance,
+                      "images": len(images), "compile_s": round(compile_s, 2), "sample_s": round(sample_s, 3),
+                      "s_per_image": round(sample_s / len(images), 4), "backend": jax.default_backend()}))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "sample"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Denoising diffusion on the spine (DDPM; latent diffusion when `config.latent.run` names an autoencoder
+run): a UNet or DiT denoiser (`model.denoiser`), conditioned on captions through a Transformer text encoder trained with it
+(cross-attention), on class labels, or on nothing.
+
+Training (Ho et al. 2020, Algorithm 1): x0 = images in [-1, 1] (or the autoencoder's latents times
+`latent.scale`), t ~ U{0..T-1}, x_t = q_sample(x0, t, ε), loss = weight(t) * ‖output − target‖²
+(ε, x0 or v). Conditioning dropout (`conditioning.dropout`) replaces the caption with the empty one (or
+the label with the null class) so the same network is also the unconditional model classifier-free
+guidance needs. Sampling uses the EMA parameters when the run keeps them (`ema_decay`).
+
+Evaluation writes samples/samples_<step>.png (one row per prompt) and, with a judge (`eval.judge`, a
+contrastive run), `eval/prompt_accuracy`, `eval/fd_judge` and the judge's own accuracy on real images.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jvlm import sharding
+from jvlm.config import ConfigError, check_choice
+from jvlm.data import shapes
+from jvlm.data.pipeline import StepIndexedLoader
+from jvlm.data.pixels import float_to_uint8, images_to_float
+from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer
+from jvlm.eval.image_metrics import save_grid
+from jvlm.models.dit import DiT
+from jvlm.models.text import TextTransformer
+from jvlm.models.unet import UNet
+from jvlm.objectives import diffusion as D
+from jvlm.objectives.diffusion_sampler import SAMPLERS, check_request, sample
+from jvlm.tasks.base import Task
+from jvlm.train import optim
+from jvlm.train.step import LossOutput, ParamGroup
+
+CONDITIONINGS = ("text", "class", "none")
+
+
+class DiffusionTask(Task):
+    optional_keys = Task.optional_keys + ("diffusion", "conditioning", "latent", "sample")
+
+    # ------------------------------------------------------------------ config
+    def validate(self) -> None:
+        c = self.config
+        d, cond, s = c.diffusion, c.conditioning, c.sample
+        check_choice("diffusion.schedule", d.schedule, D.SCHEDULES)
+        check_choice("diffusion.prediction", d.prediction, D.PREDICTIONS)
+        check_choice("diffusion.variance", d.variance, D.VARIANCES)
+        check_choice("conditioning.kind", cond.kind, CONDITIONINGS)
+        check_choice("sample.sampler", s.sampler, SAMPLERS)
+        check_choice("model.denoiser", c.model.get("denoiser", "unet"), ("unet", "dit"))
+        if not 0.0 <= cond.dropout < 1.0:
+            raise ConfigError(f"config.conditioning.dropout={cond.dropout} must be in [0, 1).")
+        if s.guidance != 1.0 and cond.kind != "none" and cond.dropout == 0.0:
+            raise ConfigError(f"config.sample.guidance={s.guidance} needs a model trained with conditioning dropout "
+                              f"(an unconditional mode to guide against): set conditioning.dropout > 0 (0.1 is usual) "
+                              f"or sample.guidance=1.")
+        try:
+            check_request(d.num_train_steps, s.sampler, s.steps, s.guidance, cond.kind != "none")
+        except ValueError as e:
+            raise ConfigError(f"config.sample: {e}") from None
+        if c.model.get("denoiser", "unet") == "unet":
+            f, what = 2 ** (len(c.model.unet.ch_mult) - 1), f"the UNet's downsampling (model.unet.ch_mult={tuple(c.model.unet.ch_mult)})"
+        else:
+            f, what = c.model.dit.patch_size, "the DiT's model.dit.patch_size"
+        if c.data.image_size % f and not c.latent.run:
+            raise ConfigError(f"config.data.image_size={c.data.image_size} is not divisible by {f}, {what}.")
+        dp = sharding.data_parallel_size(self.mesh.shape) if self.mesh is not None else 1
+        if c.eval.batch_size % dp:
+            raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel "
+                              f"size {dp}; use a multiple of {dp}.")
+
+    @property
+    def schedule(self) -> D.Schedule:
+        d = self.config.diffusion
+        return D.make_schedule(d.schedule, d.num_train_steps, beta_start=d.beta_start, beta_end=d.beta_end)
+
+    @property
+    def denoiser(self) -> UNet | DiT:
+        """model.denoiser: "unet" (model.unet) or "dit" (model.dit); both take (x_t, t, context/labels)."""
+        c = self.config
+        cond = dict(context_dim=c.model.text.width if c.conditioning.kind == "text" else 0,
+                    num_classes=len(shapes.class_names()) if c.conditioning.kind == "class" else 0,
+                    dtype=jnp.dtype(c.model.dtype))
+        if c.model.get("denoiser", "unet") == "dit":
+            d = c.model.dit
+            return DiT(out_channels=self.channels, patch_size=d.patch_size, width=d.width, depth=d.depth,
+                       num_heads=d.num_heads, **cond)
+        u = c.model.unet
+        return UNet(out_channels=self.channels, ch=u.ch, ch_mult=tuple(u.ch_mult), num_res_blocks=u.num_res_blocks,
+                    attn_levels=tuple(u.attn_levels), num_heads=u.num_heads, dropout=u.dropout, **cond)
+
+    @property
+    def text_encoder(self) -> TextTransformer:
+        c = self.config
+        t = c.model.text
+        return TextTransformer(vocab_size=c.data.vocab_size, width=t.width, depth=t.depth, num_heads=t.num_heads,
+                               mlp_dim=t.mlp_dim, max_len=c.data.max_text_len, pool="none",
+                               dtype=jnp.dtype(c.model.dtype))
+
+    # ------------------------------------------------------------------ setup: tokenizer, autoencoder, judge
+    def setup(self) -> None:
+        c = self.config
+        self.tokenizer = None
+        if c.conditioning.kind == "text":
+            path = c.data.tokenizer or os.path.join(self.workdir or ".", "tokenizer.model")
+            if not c.data.tokenizer and jax.process_index() == 0:
+                shapes_tokenizer(path, vocab_size=c.data.vocab_size, seed=c.data.seed)
+            multihost_utils.sync_global_devices("jvlm_tokenizer")
+            self.tokenizer = Tokenizer(path)
+            if self.tokenizer.vocab_size > c.data.vocab_size:
+                raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but config.data.vocab_size="
+                                  f"{c.data.vocab_size}; raise data.vocab_size to at least {self.tokenizer.vocab_size}.")
+        self.codec = None
+        if c.latent.run:
+            from jvlm.eval.latent_codec import LatentCodec
+            try:
+                self.codec = LatentCodec.load(c.latent.run, c.data.image_size, scale=c.latent.scale,
+                                              workdir=self.workdir)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"config.latent.run: {e}") from None
+            print(f"[diffusion] latent space: {self.codec.description}", flush=True)
+        self.judge = None
+        if c.eval.judge:
+            from jvlm.eval.contrastive_model import ContrastiveModel
+            try:
+                self.judge = ContrastiveModel.load(c.eval.judge)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"config.eval.judge: {e} (train one with configs/siglip_shapes.py, or set "
+                                  f"eval.judge='' to evaluate without prompt accuracy)") from None
+
+    @property
+    def channels(self) -> int:
+        return self.codec.channels if getattr(self, "codec", None) is not None else 3
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        if getattr(self, "codec", None) is not None:
+            return self.codec.latent_shape
+        s = self.config.data.image_size
+        return (s, s, 3)
+
+    # ------------------------------------------------------------------ parameters
+    def init(self, rng):
+        c = self.config
+        x = jnp.zeros((1,) + self.sample_shape)
+        t = jnp.zeros((1,), jnp.int32)
+        params = {}
+        kwargs = {}
+        if c.conditioning.kind == "text":
+            tokens = jnp.zeros((1, c.data.max_text_len), jnp.int32)
+            params["text"] = self.text_encoder.init(jax.random.fold_in(rng, 1), tokens)["params"]
+            kwargs = dict(context=jnp.zeros((1, c.data.max_text_len, c.model.text.width)),
+                          context_mask=jnp.ones((1, c.data.max_text_len), bool))
+        elif c.conditioning.kind == "class":
+            kwargs = dict(labels=jnp.zeros((1,), jnp.int32))
+        params["denoiser"] = self.denoiser.init(rng, x, t, **kwargs)["params"]
+        return {"main": params}, {}
+
+    def param_groups(self, params) -> list[ParamGroup]:
+        tx, schedule, frozen = optim.make_optimizer(self.config.optimizer, params["main"], self.config.total_steps)
+        return [ParamGroup("main", self.loss_fn, tx, schedule, frozen)]
+
+    # ------------------------------------------------------------------ the model as a function
+    def null_condition(self, batch_size: int) -> dict:
+        """The condition of the unconditional mode: the empty caption's tokens, or the null class."""
+        c = self.config
+        if c.conditioning.kind == "text":
+            tokens = self.tokenizer.encode("", c.data.max_text_len)[0]
+            return {"text": jnp.broadcast_to(jnp.asarray(tokens), (batch_size, c.data.max_text_len))}
+        if c.conditioning.kind == "class":
+            return {"label": jnp.full((batch_size,), len(shapes.class_names()), jnp.int32)}
+        return {}
+
+    def denoise(self, p: dict, x_t, t, cond: dict, train: bool = False, rng=None):
+        """The model output at (x_t, t) under a condition {"text": tokens} / {"label": ids} / {}."""
+        kwargs = {}
+        if "text" in cond:
+            tokens = cond["text"]
+            feats = self.text_encoder.apply({"params": p["text"]}, tokens)
+            kwargs = dict(context=feats, context_mask=tokens != 0)
+        elif "label" in cond:
+            kwargs = dict(labels=cond["label"])
+        rngs = {"dropout": rng} if train and rng is not None else {}
+        return self.denoiser.apply({"params": p["denoiser"]}, x_t, t, train=train, rngs=rngs, **kwargs)
+
+    def to_x0(self, images) -> jax.Array:
+        """uint8 images -> the diffusion's data space: [-1, 1] pixels or scaled latents."""
+        return images_to_float(images) if self.codec is None else self.codec.encode(images)
+
+    def from_x0(self, x0) -> jax.Array:
+        """The data space -> images in [-1, 1]."""
+        return x0 if self.codec is None else self.codec.decode(x0)
+
+    # ------------------------------------------------------------------ training
+    def loss_fn(self, params, batch, rng, ctx) -> LossOutput:
+        c = self.config
+        d = c.diffusion
+        p = params["main"]
+        x0 = self.to_x0(batch["image"])
+        b = x0.shape[0]
+        k_t, k_noise, k_drop, k_model = jax.random.split(rng, 4)
+        t = D.sample_timesteps(k_t, b, d.num_train_steps)
+        noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+        cond = {k: batch[k] for k in ("text", "label") if k in batch}
+        if cond and c.conditioning.dropout > 0:
+            drop = jax.random.bernoulli(k_drop, c.conditioning.dropout, (b,))
+            null = self.null_condition(b)
+            cond = {k: jnp.where(drop.reshape((b,) + (1,) * (v.ndim - 1)), null[k], v) for k, v in cond.items()}
+        out = self.denoise(p, D.q_sample(self.schedule, x0, t, noise), t, cond, train=True, rng=k_model)
+        per_example = D.diffusion_loss(self.schedule, out, x0, noise, t, d.prediction, d.min_snr_gamma)
+        return LossOutput(jnp.mean(per_example), {"x0_std": jnp.std(x0)})
+
+    # ------------------------------------------------------------------ data
+    def transform(self, example: dict, rng: np.random.Generator) -> dict:
+        c = self.config
+        if c.data.flip and rng.random() < 0.5:
+            example = shapes.flip_horizontal(example)  # the caption's left/right swap with the image
+        out = {"image": example["image"]}
+        if c.conditioning.kind == "text":
+            out["text"] = self.tokenizer.encode(example["caption"], c.data.max_text_len)[0]
+        elif c.conditioning.kind == "class":
+            out["label"] = np.int32(example["label"])
+        return out
+
+    def train_loader(self, start_step, rows):
+        c = self.config
+        # A class names one object: class-conditional models train on single-object images.
+        source = shapes.ShapesSource("train", image_size=c.data.image_size, seed=c.data.seed,
+                                     max_objects=1 if c.conditioning.kind == "class" else c.data.max_objects)
+        return StepIndexedLoader(source, global_batch=c.batch_size, seed=c.seed, transform=self.transform,
+                                 start_step=start_step, num_steps=c.total_steps, rows=rows,
+                                 num_threads=c.data.num_threads, prefetch=c.data.prefetch)
+
+    def abstract_batch(self, batch_size):
+        c = self.config
+        s = c.data.image_size
+        out = {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.uint8)}
+        if c.conditioning.kind == "text":
+            out["text"] = jax.ShapeDtypeStruct((batch_size, c.data.max_text_len), jnp.int32)
+        elif c.conditioning.kind == "class":
+            out["label"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+        return out
+
+    # ------------------------------------------------------------------ sampling
+    def encode_prompts(self, prompts: list[str]) -> dict:
+        """Host-side conditions for prompts: tokens (text), class ids (class: a prompt names a class), {}."""
+        c = self.config
+        if c.conditioning.kind == "text":
+            tokens, truncated = self.tokenizer.encode_batch(list(prompts), c.data.max_text_len)
+            if np.any(truncated):
+                long = [p for p, t in zip(prompts, truncated) if t][0]
+                raise ValueError(f"the prompt {long!r} is longer than the model's context of {c.data.max_text_len} "
+                                 f"tokens; shorten it (or train with a larger data.max_text_len)")
+            return {"text": tokens}
+        if c.conditioning.kind == "class":
+            names = shapes.class_names()
+            unknown = [p for p in prompts if _class_of(p) is None]
+            if unknown:
+                raise ValueError(f"a class-conditional model takes prompts that name one colour x shape class "
+                                 f"(e.g. 'a red circle'); {unknown[0]!r} names none of {len(names)} classes")
+            return {"label": np.asarray([_class_of(p) for p in prompts], np.int32)}
+        return {}
+
+    def sampler_fn(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                   eta: float | None = None):
+        """Jitted (params, x_T, rng, cond, uncond) -> images in [-1, 1]; the whole loop is one program."""
+        s = self.config.sample
+        sampler, steps = sampler or s.sampler, steps or s.steps
+        guidance = s.guidance if guidance is None else guidance
+        eta = s.eta if eta is None else eta
+        conditional = self.config.conditioning.kind != "none"
+        check_request(self.config.diffusion.num_train_steps, sampler, steps, guidance, conditional)
+        key = (sampler, steps, guidance, eta)
+        cache = self.__dict__.setdefault("_samplers", {})
+        if key not in cache:
+            schedule, d = self.schedule, self.config.diffusion
+
+            def run(p, x_T, rng, cond, uncond):
+                x0 = sample(schedule, lambda x, t, cd: self.denoise(p, x, t, cd or {}), x_T, rng, sampler=sampler,
+                            num_steps=steps, eta=eta, guidance=guidance, cond=cond if conditional else None,
+                            uncond=uncond if guidance != 1.0 else None, prediction=d.prediction,
+                            variance=d.variance, clip_x0=self.codec is None)
+                return jnp.clip(self.from_x0(x0), -1.0, 1.0)
+            cache[key] = jax.jit(run)
+        return cache[key]
+
+    def generate(self, params, prompts: list[str], rng, *, negative_prompt: str | None = None, **sampler_kw) -> np.ndarray:
+        """uint8 images [len(prompts), H, W, 3] for the prompts (ignored by an unconditional model)."""
+        n = len(prompts)
+        cond = {k: jnp.asarray(v) for k, v in self.encode_prompts(prompts).items()}
+        if negative_prompt is not None:
+            uncond = {k: jnp.asarray(v) for k, v in self.encode_prompts([negative_prompt] * n).items()}
+        else:
+            uncond = self.null_condition(n)
+        x_T = jax.random.normal(jax.random.fold_in(rng, 0), (n,) + self.sample_shape)
+        images = self.sampler_fn(**sampler_kw)(params, x_T, jax.random.fold_in(rng, 1), cond, uncond)
+        return float_to_uint8(np.asarray(images))
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_prompts(self, num: int) -> tuple[list[str], np.ndarray]:
+        """`num` prompts cycling over all colour x shape classes (balanced), and their class ids."""
+        names = shapes.class_names()
+        labels = np.arange(num) % len(names)
+        template = self.config.eval.prompt_template
+        return [template.format(names[i]) for i in labels], labels
+
+    def evaluate(self, state, mesh) -> dict[str, Any]:
+        c = self.config
+        params = (state.ema_params or state.params)["main"]
+        rng = jax.random.key(c.seed + 1)  # fixed: every evaluation draws the same starting noise
+        prompts, labels = self.eval_prompts(c.eval.num_samples)
+        images = np.concatenate([self.generate(params, prompts[i:i + c.eval.batch_size], jax.random.fold_in(rng, i))
+                                 for i in range(0, len(prompts), c.eval.batch_size)])
+        out = {}
+        step = int(jax.device_get(state.step))
+        if jax.process_index() == 0 and self.workdir:
+            rows = c.eval.grid_rows
+            per_row = min(8, len(images) // rows) if rows else 0
+            grid = [images[r * per_row:(r + 1) * per_row] for r in range(rows)] if per_row else [images[:8]]
+            save_grid(os.path.join(self.workdir, "samples", f"samples_{step:07d}.png"), grid)
+        if self.judge is not None:
+            from jvlm.eval.generation_metrics import judge_metrics
+            out.update(judge_metrics(self.judge, images, labels, c.data.seed, tuple(c.eval.judge_templates)))
+        return out
+
+
+def _class_of(prompt: str) -> int | None:
+    """The class id a prompt names ("a large red circle" -> red circle), or None."""
+    words = prompt.lower().replace(",", " ").split()
+    colors = [w for w in words if w in shapes.COLORS]
+    kinds = [w for w in words if w in shapes.SHAPES]
+    if len(colors) != 1 or len(kinds) != 1:
+        return None
+    return shapes.class_index(colors[0], kinds[0])
