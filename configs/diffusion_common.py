@@ -40,6 +40,7 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
     c.eval = ConfigDict(dict(
         num_samples=96, batch_size=48, grid_rows=6,   # two samples per colour x shape class
         prompt_template="a large {}",
+        nll_examples=16,    # > 0: eval/bits_per_dim, the variational bound over all T steps (pixel space only)
         judge="",           # a contrastive run (configs/siglip_shapes.py) for prompt accuracy and FD
         judge_templates=("a small {}", "a medium {}", "a large {}", "a single small {}", "a single medium {}",
                          "a single large {}")))
@@ -67,6 +68,7 @@ def apply_common_variant(c: ConfigDict, arg: str) -> bool:
         c.eval.num_samples = 16
         c.eval.batch_size = 8
         c.eval.grid_rows = 2
+        c.eval.nll_examples = 4
     else:
         return False
     return True

@@ -8,7 +8,8 @@ Training (Ho et al. 2020, Algorithm 1): x0 = images in [-1, 1] (or the autoencod
 the label with the null class) so the same network is also the unconditional model classifier-free
 guidance needs. Sampling uses the EMA parameters when the run keeps them (`ema_decay`).
 
-Evaluation writes samples/samples_<step>.png (one row per prompt) and, with a judge (`eval.judge`, a
+Evaluation writes samples/samples_<step>.png (one row per prompt), `eval/bits_per_dim` (the variational
+bound on held-out images, pixel space, `eval.nll_examples` > 0) and, with a judge (`eval.judge`, a
 contrastive run), `eval/prompt_accuracy`, `eval/fd_judge` and the judge's own accuracy on real images.
 """
 
@@ -302,6 +303,26 @@ class DiffusionTask(Task):
         images = self.sampler_fn(**sampler_kw)(params, x_T, jax.random.fold_in(rng, 1), cond, uncond)
         return float_to_uint8(np.asarray(images))
 
+    # ------------------------------------------------------------------ likelihood
+    def nll_fn(self):
+        """Jitted (params, uint8 images, rng) -> [B] bits/dim of the variational bound L_T + Σ L_t + L_0
+        (DDPM eq. 5) under the unconditional mode, every t evaluated (one lax.map over T model calls)."""
+        if not hasattr(self, "_nll"):
+            schedule, d = self.schedule, self.config.diffusion
+
+            def nll(p, images, rng):
+                x0 = images_to_float(images)
+                null = self.null_condition(x0.shape[0])
+
+                def term(t):
+                    x_t = D.q_sample(schedule, x0, t, jax.random.normal(jax.random.fold_in(rng, t), x0.shape))
+                    out = self.denoise(p, x_t, jnp.full((x0.shape[0],), t), null)
+                    return D.vlb_term(schedule, x0, x_t, t, out, d.prediction, d.variance)
+                total = jnp.sum(jax.lax.map(term, jnp.arange(d.num_train_steps)), axis=0) + D.prior_kl(schedule, x0)
+                return D.bits_per_dim(total, x0)
+            self._nll = jax.jit(nll)
+        return self._nll
+
     # ------------------------------------------------------------------ evaluation
     def eval_prompts(self, num: int) -> tuple[list[str], np.ndarray]:
         """`num` prompts cycling over all colour x shape classes (balanced), and their class ids."""
@@ -324,6 +345,11 @@ class DiffusionTask(Task):
             per_row = min(8, len(images) // rows) if rows else 0
             grid = [images[r * per_row:(r + 1) * per_row] for r in range(rows)] if per_row else [images[:8]]
             save_grid(os.path.join(self.workdir, "samples", f"samples_{step:07d}.png"), grid)
+        n_nll = c.eval.get("nll_examples", 0)
+        if n_nll and self.codec is None:  # bits/dim of pixels; a latent model's bound is over latents
+            source = shapes.ShapesSource("test", image_size=c.data.image_size, seed=c.data.seed)
+            held_out = np.stack([source[i]["image"] for i in range(n_nll)])
+            out["eval/bits_per_dim"] = float(np.mean(self.nll_fn()(params, held_out, jax.random.key(c.seed + 2))))
         if self.judge is not None:
             from jvlm.eval.generation_metrics import judge_metrics
             out.update(judge_metrics(self.judge, images, labels, c.data.seed, tuple(c.eval.judge_templates)))

@@ -35,9 +35,9 @@ def test_ddpm_trains_writes_sample_grids_and_is_judged(ddpm_run):
     assert rows[-1]["loss"] < rows[0]["loss"]
     last = rows[-1]
     for key in ("eval/prompt_accuracy", "eval/prompt_accuracy_seen", "eval/prompt_accuracy_unseen",
-                "eval/judge_real_accuracy", "eval/fd_judge"):
+                "eval/judge_real_accuracy", "eval/fd_judge", "eval/bits_per_dim"):
         assert key in last and math.isfinite(last[key]), key
-    assert 0 <= last["eval/prompt_accuracy"] <= 1 and last["eval/fd_judge"] > 0
+    assert 0 <= last["eval/prompt_accuracy"] <= 1 and last["eval/fd_judge"] > 0 and last["eval/bits_per_dim"] > 0
     grids = sorted(os.listdir(ddpm_run / "samples"))
     assert grids == ["samples_0000010.png", "samples_0000020.png"]
     assert Image.open(ddpm_run / "samples" / grids[-1]).size[0] > 32
