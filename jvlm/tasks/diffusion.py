@@ -16,6 +16,7 @@ contrastive run), `eval/prompt_accuracy`, `eval/fd_judge` and the judge's own ac
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -109,7 +110,9 @@ class DiffusionTask(Task):
         c = self.config
         self.tokenizer = None
         if c.conditioning.kind == "text":
-            path = c.data.tokenizer or os.path.join(self.workdir or ".", "tokenizer.model")
+            # Without a workdir (a notebook, a test) the trained tokenizer goes to a fresh temporary directory.
+            path = c.data.tokenizer or os.path.join(self.workdir or tempfile.mkdtemp(prefix="jvlm_tokenizer_"),
+                                                    "tokenizer.model")
             if not c.data.tokenizer and jax.process_index() == 0:
                 shapes_tokenizer(path, vocab_size=c.data.vocab_size, seed=c.data.seed)
             multihost_utils.sync_global_devices("jvlm_tokenizer")
