@@ -71,10 +71,15 @@ def make_schedule(kind: str = "linear", num_steps: int = 1000, *, beta_start: fl
         posterior_mean_coef2=f32((1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab)))
 
 
+def _at_shape(v, x: jax.Array) -> jax.Array:
+    """v (a scalar or [B]) shaped to broadcast against x [B, ...]."""
+    v = jnp.asarray(v)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
 def _at(a: jax.Array, t, x: jax.Array) -> jax.Array:
     """a[t] shaped to broadcast against x [B, ...]; t is a scalar or [B]."""
-    v = a[jnp.asarray(t)]
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+    return _at_shape(a[jnp.asarray(t)], x)
 
 
 def _check_prediction(prediction: str) -> None:
@@ -179,11 +184,6 @@ def ddpm_step(s: Schedule, x_t: jax.Array, t, model_output: jax.Array, rng: jax.
     return mean + _at_shape(nonzero, x_t) * std * z
 
 
-def _at_shape(v, x):
-    v = jnp.asarray(v)
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
-
-
 def _alpha_bar_prev(s: Schedule, t_prev, x: jax.Array) -> jax.Array:
     """ᾱ at t_prev, with ᾱ = 1 for t_prev < 0 (the data)."""
     t_prev = jnp.asarray(t_prev)
@@ -198,10 +198,10 @@ def ddim_step(s: Schedule, x_t: jax.Array, t, t_prev, model_output: jax.Array, e
     if eta and rng is None:
         raise ValueError("ddim_step with eta > 0 adds noise: pass rng")
     x0, eps = predict_x0_eps(s, x_t, t, model_output, prediction)
-    if clip_x0:
-        x0 = jnp.clip(x0, -1.0, 1.0)
-        eps = (x_t - jnp.sqrt(_at(s.alphas_cumprod, t, x_t)) * x0) / jnp.sqrt(1.0 - _at(s.alphas_cumprod, t, x_t))
     ab, ab_prev = _at(s.alphas_cumprod, t, x_t), _alpha_bar_prev(s, t_prev, x_t)
+    if clip_x0:  # the ε consistent with the clipped x0
+        x0 = jnp.clip(x0, -1.0, 1.0)
+        eps = (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
     sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
     out = jnp.sqrt(ab_prev) * x0 + jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma ** 2, 0.0)) * eps
     if eta:
@@ -260,4 +260,4 @@ def vlb_term(s: Schedule, x0: jax.Array, x_t: jax.Array, t, model_output: jax.Ar
 
 
 def bits_per_dim(nats: jax.Array, x0: jax.Array) -> jax.Array:
-    return nats / (math.prod(x0.shape[1:]) * math.log(2.0))
+    return vae.bits_per_dim(nats, math.prod(x0.shape[1:]))

@@ -15,6 +15,7 @@ contrastive run), `eval/prompt_accuracy`, `eval/fd_judge` and the judge's own ac
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from typing import Any
@@ -77,8 +78,8 @@ class DiffusionTask(Task):
             raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel "
                               f"size {dp}; use a multiple of {dp}.")
 
-    @property
-    def schedule(self) -> D.Schedule:
+    @functools.cached_property
+    def schedule(self) -> D.Schedule:  # built once, not at every trace that reads it
         d = self.config.diffusion
         return D.make_schedule(d.schedule, d.num_train_steps, beta_start=d.beta_start, beta_end=d.beta_end)
 
