@@ -42,6 +42,7 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
         prompt_template="a large {}",
         nll_examples=16,    # > 0: eval/bits_per_dim, the variational bound over all T steps (pixel space only)
         judge="",           # a contrastive run (configs/siglip_shapes.py) for prompt accuracy and FD
+        inception_weights="",  # an .npz of pytorch-fid's Inception (jvlm/eval/inception_fid.py): eval/fid_inception
         judge_templates=("a small {}", "a medium {}", "a large {}", "a single small {}", "a single medium {}",
                          "a single large {}")))
     return c
@@ -68,7 +69,7 @@ def apply_common_variant(c: ConfigDict, arg: str) -> bool:
         c.eval.num_samples = 16
         c.eval.batch_size = 8
         c.eval.grid_rows = 2
-        c.eval.nll_examples = 4
+        c.eval.nll_examples = 8
     else:
         return False
     return True

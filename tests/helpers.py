@@ -30,6 +30,24 @@ def run_cli(args, *, env=None, timeout=600, check=True):
     return proc
 
 
+def random_inception_weights(seed=0) -> dict:
+    """pytorch-fid's Inception state dict (every key the features need) with random values: He-scaled
+    convolutions and near-identity batch norms (running_var > 0), so features stay finite and depend on the
+    input through all 94 layers."""
+    from jvlm.eval.inception_fid import expected_shapes
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, shape in expected_shapes().items():
+        if k.endswith("conv.weight"):
+            w = rng.normal(0, np.sqrt(2 / np.prod(shape[1:])), shape)
+        elif k.endswith(("bn.weight", "running_var")):
+            w = rng.uniform(0.5, 1.5, shape)
+        else:
+            w = rng.normal(0, 0.1, shape)
+        out[k] = w.astype(np.float32)
+    return out
+
+
 def contrastive_setup(n_devices, *overrides):
     return step_setup("configs/siglip_shapes.py:tiny", n_devices, *overrides)
 

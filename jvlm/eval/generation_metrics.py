@@ -6,8 +6,9 @@ classifies them zero-shot and embeds them.
   the class was in the generator's training data.
 - `eval/judge_real_accuracy`: the judge's own zero-shot accuracy on real held-out single-object
   images of the same classes: the ceiling of prompt accuracy.
-- `eval/fd_judge`: the Fréchet distance between Gaussians fitted to the judge's image embeddings of the
-  generated and of real held-out images (FID's formula with the judge in place of Inception).
+- `eval/fd_siglip`: the Fréchet distance between Gaussians fitted to the judge's image embeddings of the
+  generated and of real held-out images (FID's formula with the judge's image tower, SigLIP or CLIP, in place
+  of Inception; the name is the issue's).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def judge_metrics(judge, images: np.ndarray, labels: np.ndarray, seed: int, temp
     real = judge.encode_image(real_images)
     out = {"eval/prompt_accuracy": float(np.mean(pred == labels)),
            "eval/judge_real_accuracy": float(np.mean(np.argmax(real @ classes.T, -1) == real_labels)),
-           "eval/fd_judge": frechet_distance(gen, real)}
+           "eval/fd_siglip": frechet_distance(gen, real)}
     if (~unseen).any():
         out["eval/prompt_accuracy_seen"] = float(np.mean(pred[~unseen] == labels[~unseen]))
     if unseen.any():

@@ -62,13 +62,15 @@ def make_schedule(kind: str = "linear", num_steps: int = 1000, *, beta_start: fl
     ab = np.cumprod(alphas)
     ab_prev = np.append(1.0, ab[:-1])
     post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    return Schedule(
-        betas=f32(betas), alphas=f32(alphas), alphas_cumprod=f32(ab), alphas_cumprod_prev=f32(ab_prev),
-        posterior_variance=f32(post_var),
-        posterior_log_variance_clipped=f32(np.log(np.append(post_var[1], post_var[1:]))),
-        posterior_mean_coef1=f32(betas * np.sqrt(ab_prev) / (1.0 - ab)),
-        posterior_mean_coef2=f32((1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab)))
+    # Concrete arrays even when first built inside a jit trace: a Schedule is cached and reused across traces.
+    with jax.ensure_compile_time_eval():
+        f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+        return Schedule(
+            betas=f32(betas), alphas=f32(alphas), alphas_cumprod=f32(ab), alphas_cumprod_prev=f32(ab_prev),
+            posterior_variance=f32(post_var),
+            posterior_log_variance_clipped=f32(np.log(np.append(post_var[1], post_var[1:]))),
+            posterior_mean_coef1=f32(betas * np.sqrt(ab_prev) / (1.0 - ab)),
+            posterior_mean_coef2=f32((1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab)))
 
 
 def _at_shape(v, x: jax.Array) -> jax.Array:

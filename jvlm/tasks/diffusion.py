@@ -10,7 +10,9 @@ guidance needs. Sampling uses the EMA parameters when the run keeps them (`ema_d
 
 Evaluation writes samples/samples_<step>.png (one row per prompt), `eval/bits_per_dim` (the variational
 bound on held-out images, pixel space, `eval.nll_examples` > 0) and, with a judge (`eval.judge`, a
-contrastive run), `eval/prompt_accuracy`, `eval/fd_judge` and the judge's own accuracy on real images.
+contrastive run), `eval/prompt_accuracy`, `eval/fd_siglip` and the judge's own accuracy on real images; with
+Inception weights (`eval.inception_weights`, jvlm/eval/inception_fid.py), `eval/fid_inception` against as many
+real held-out single-object images.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class DiffusionTask(Task):
         if c.eval.batch_size % dp:
             raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel "
                               f"size {dp}; use a multiple of {dp}.")
+        if c.eval.get("inception_weights") and c.eval.num_samples < 2:
+            raise ConfigError(f"config.eval.inception_weights needs eval.num_samples >= 2 (a covariance), got "
+                              f"{c.eval.num_samples}.")
 
     @functools.cached_property
     def schedule(self) -> D.Schedule:  # built once, not at every trace that reads it
@@ -138,6 +143,14 @@ class DiffusionTask(Task):
             except (FileNotFoundError, ValueError) as e:
                 raise ConfigError(f"config.eval.judge: {e} (train one with configs/siglip_shapes.py, or set "
                                   f"eval.judge='' to evaluate without prompt accuracy)") from None
+        self.inception, self._real_inception = None, None
+        if c.eval.get("inception_weights"):
+            from jvlm.eval.inception_fid import InceptionFID
+            try:  # loaded (and checked) now, not at the first evaluation
+                self.inception = InceptionFID(c.eval.inception_weights, batch_size=min(50, c.eval.num_samples))
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"config.eval.inception_weights: {e} (or set eval.inception_weights='' to "
+                                  f"evaluate without eval/fid_inception)") from None
 
     @property
     def channels(self) -> int:
@@ -298,14 +311,21 @@ class DiffusionTask(Task):
     def generate(self, params, prompts: list[str], rng, *, negative_prompt: str | None = None, **sampler_kw) -> np.ndarray:
         """uint8 images [len(prompts), H, W, 3] for the prompts (ignored by an unconditional model)."""
         n = len(prompts)
-        cond = {k: jnp.asarray(v) for k, v in self.encode_prompts(prompts).items()}
-        if negative_prompt is not None:
-            uncond = {k: jnp.asarray(v) for k, v in self.encode_prompts([negative_prompt] * n).items()}
-        else:
-            uncond = self.null_condition(n)
+        cond = self.encode_prompts(prompts)
+        uncond = self.encode_prompts([negative_prompt] * n) if negative_prompt is not None else self.null_condition(n)
         x_T = jax.random.normal(jax.random.fold_in(rng, 0), (n,) + self.sample_shape)
-        images = self.sampler_fn(**sampler_kw)(params, x_T, jax.random.fold_in(rng, 1), cond, uncond)
-        return float_to_uint8(np.asarray(images))
+        x_T, cond, uncond = (self._batch_on_mesh(a) for a in ({"x": x_T}, cond, uncond))
+        images = self.sampler_fn(**sampler_kw)(params, x_T["x"], jax.random.fold_in(rng, 1), cond, uncond)
+        return float_to_uint8(sharding.to_host(images))
+
+    def _batch_on_mesh(self, arrays: dict) -> dict:
+        """Host arrays of one batch -> arrays sharded over the mesh's data axes. Left unsharded, a jitted
+        call on replicated parameters computes the whole batch on every device (8x the work on 8 CPU devices)."""
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        if not arrays or self.mesh is None or len(next(iter(arrays.values()))) % sharding.data_parallel_size(
+                self.mesh.shape):
+            return {k: jnp.asarray(v) for k, v in arrays.items()}
+        return sharding.global_batch_from_full(arrays, self.mesh)
 
     # ------------------------------------------------------------------ likelihood
     def nll_fn(self):
@@ -353,10 +373,18 @@ class DiffusionTask(Task):
         if n_nll and self.codec is None:  # bits/dim of pixels; a latent model's bound is over latents
             source = shapes.ShapesSource("test", image_size=c.data.image_size, seed=c.data.seed)
             held_out = np.stack([source[i]["image"] for i in range(n_nll)])
-            out["eval/bits_per_dim"] = float(np.mean(self.nll_fn()(params, held_out, jax.random.key(c.seed + 2))))
+            bpd = self.nll_fn()(params, self._batch_on_mesh({"x": held_out})["x"], jax.random.key(c.seed + 2))
+            out["eval/bits_per_dim"] = float(np.mean(sharding.to_host(bpd)))
         if self.judge is not None:
             from jvlm.eval.generation_metrics import judge_metrics
             out.update(judge_metrics(self.judge, images, labels, c.data.seed, tuple(c.eval.judge_templates)))
+        if getattr(self, "inception", None) is not None:
+            from jvlm.eval.generation_metrics import real_single_objects
+            from jvlm.eval.inception_fid import features_fid
+            if self._real_inception is None:  # the same real images at every evaluation: their features once
+                real, _ = real_single_objects(len(images), c.data.image_size, c.data.seed)
+                self._real_inception = self.inception.features(real)
+            out["eval/fid_inception"] = features_fid(self.inception.features(images), self._real_inception)
         return out
 
 

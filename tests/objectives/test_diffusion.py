@@ -44,6 +44,21 @@ def test_linear_and_scaled_linear_schedules():
     np.testing.assert_allclose(np.sqrt(sl["betas"]), np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000), rtol=1e-6)
 
 
+def test_a_schedule_first_built_inside_a_trace_is_concrete_and_reusable_outside_it():
+    # A task caches its schedule; the first read may come from inside the jitted train step.
+    box = {}
+
+    @jax.jit
+    def first_use(x):
+        box["s"] = D.make_schedule("linear", 100)
+        return x * box["s"].betas[3]
+
+    first_use(1.0)
+    s = box["s"]
+    assert not isinstance(s.alphas_cumprod, jax.core.Tracer)
+    np.testing.assert_allclose(jax.jit(lambda x: x * s.alphas[0])(2.0), 2.0 * (1 - 1e-4), rtol=1e-6)
+
+
 def test_cosine_schedule_telescopes_to_the_cosine_alpha_bar():
     s = _np(D.make_schedule("cosine", T))
     f = lambda t: np.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731

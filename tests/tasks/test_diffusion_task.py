@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import random_inception_weights, run_cli
 from PIL import Image
 
 from jvlm.config import ConfigError, load_config
@@ -26,7 +26,10 @@ DDPM, LDM = "configs/ddpm_shapes.py:tiny", "configs/ldm_shapes.py:tiny"
 def ddpm_run(tmp_path_factory, reference_run):
     judge, _ = reference_run
     workdir = tmp_path_factory.mktemp("ddpm")
-    run_cli(["experiments.train", "--config", DDPM, "--workdir", str(workdir), f"--config.eval.judge={judge}"])
+    inception = workdir / "inception_fid.npz"  # random weights: checks the wiring, not the value
+    np.savez(inception, **random_inception_weights())
+    run_cli(["experiments.train", "--config", DDPM, "--workdir", str(workdir), f"--config.eval.judge={judge}",
+             f"--config.eval.inception_weights={inception}"])
     return workdir
 
 
@@ -35,9 +38,10 @@ def test_ddpm_trains_writes_sample_grids_and_is_judged(ddpm_run):
     assert rows[-1]["loss"] < rows[0]["loss"]
     last = rows[-1]
     for key in ("eval/prompt_accuracy", "eval/prompt_accuracy_seen", "eval/prompt_accuracy_unseen",
-                "eval/judge_real_accuracy", "eval/fd_judge", "eval/bits_per_dim"):
+                "eval/judge_real_accuracy", "eval/fd_siglip", "eval/bits_per_dim"):
         assert key in last and math.isfinite(last[key]), key
-    assert 0 <= last["eval/prompt_accuracy"] <= 1 and last["eval/fd_judge"] > 0 and last["eval/bits_per_dim"] > 0
+    assert 0 <= last["eval/prompt_accuracy"] <= 1 and last["eval/fd_siglip"] > 0 and last["eval/bits_per_dim"] > 0
+    assert math.isfinite(last["eval/fid_inception"]) and last["eval/fid_inception"] >= 0
     grids = sorted(os.listdir(ddpm_run / "samples"))
     assert grids == ["samples_0000010.png", "samples_0000020.png"]
     assert Image.open(ddpm_run / "samples" / grids[-1]).size[0] > 32
@@ -95,6 +99,10 @@ def test_config_errors_name_the_fix():
         loop.build(load_config(DDPM, ["--config.conditioning.kind=none"]), None, devices=jax.devices()[:1])
     with pytest.raises(ConfigError, match="schedule has 100"):
         loop.build(load_config(DDPM, ["--config.sample.steps=500"]), None, devices=jax.devices()[:1])
+    cfg = load_config("configs/ddpm_shapes.py:tiny,class", ["--config.eval.inception_weights=/nowhere/inception.npz"])
+    task, _ = loop.build(cfg, None, devices=jax.devices()[:1])
+    with pytest.raises(ConfigError, match=r"eval.inception_weights: .*do not exist.*np\.savez"):
+        task.setup()  # checked before training starts, with the conversion one-liner
 
 
 def test_unet_starts_at_zero_and_checks_its_inputs():
