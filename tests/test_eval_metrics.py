@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from jvlm.eval.metrics import retrieval_recall, topk_accuracy
 
@@ -23,3 +24,31 @@ def test_prompt_ensembling_helpers():
         "a red circle", "one red circle", "a blue star", "one blue star"]
     emb = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 0.0]])
     np.testing.assert_allclose(average_templates(emb, 2, 2), [[2 ** -0.5, 2 ** -0.5], [1.0, 0.0]])
+
+
+def test_template_scores_max_takes_each_class_best_prompt_and_mean_embedding_averages():
+    from jvlm.eval.metrics import class_prompts, template_scores
+    rng = np.random.default_rng(0)
+    prompts = rng.normal(size=(3 * 2, 4))  # 3 classes x 2 templates, class-major
+    prompts /= np.linalg.norm(prompts, axis=1, keepdims=True)
+    images = rng.normal(size=(5, 4))
+    by_class = prompts.reshape(3, 2, 4)
+    expected_max = np.array([[max(x @ by_class[c, t] for t in range(2)) for c in range(3)] for x in images])
+    np.testing.assert_allclose(template_scores(images, prompts, 3, 2, "max"), expected_max, rtol=1e-6)
+    mean = by_class.mean(1)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(template_scores(images, prompts, 3, 2, "mean_embedding"), images @ mean.T, rtol=1e-6)
+    assert class_prompts(["a", "b"], ["x {}", "y {}"]) == ["x a", "y a", "x b", "y b"]  # the layout assumed
+    with pytest.raises(ValueError, match="mean_embedding"):
+        template_scores(images, prompts, 3, 2, "median")
+
+
+def test_max_over_templates_recovers_a_class_bound_to_a_nuisance_word():
+    # Class 0's "small" and "large" prompts point in opposite directions; an image matching "large class 0"
+    # is class 0 under max, while the mean of the two prompts cancels and loses to class 1.
+    from jvlm.eval.metrics import template_scores
+    prompts = np.array([[1.0, 0.0], [-1.0, 0.05], [0.6, 0.8], [0.6, 0.8]])
+    prompts /= np.linalg.norm(prompts, axis=1, keepdims=True)
+    image = np.array([[1.0, 0.0]])
+    assert template_scores(image, prompts, 2, 2, "max").argmax() == 0
+    assert template_scores(image, prompts, 2, 2, "mean_embedding").argmax() == 1

@@ -20,7 +20,7 @@ import numpy as np
 from jvlm.config import load_run_config
 from jvlm.data.sources import load_image
 from jvlm.data.tokenizer import Tokenizer
-from jvlm.eval.metrics import average_templates, class_prompts
+from jvlm.eval.metrics import average_templates, class_prompts, template_scores
 from jvlm.tasks.contrastive import ContrastiveTask
 from jvlm.train.checkpoint import load_params
 
@@ -68,13 +68,26 @@ class ContrastiveModel:
                                for i in range(0, len(tokens), batch_size)])
 
     def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str] = ("a {}",)) -> np.ndarray:
-        """One embedding per class: the normalized mean over the templates (prompt ensembling)."""
+        """One embedding per class: the normalized mean over the templates (CLIP's prompt ensembling)."""
         emb = self.encode_text(class_prompts(class_names, templates))
         return average_templates(emb, len(class_names), len(templates))
 
-    def zero_shot(self, images, class_names: Sequence[str], templates: Sequence[str] = ("a {}",)) -> np.ndarray:
+    @property
+    def template_reduce(self) -> str:
+        """How zero-shot scores combine templates, as the run was evaluated (eval.template_reduce)."""
+        return self.config.eval.get("template_reduce", "mean_embedding")
+
+    def class_scores(self, image_emb: np.ndarray, class_names: Sequence[str], templates: Sequence[str] = ("a {}",),
+                     reduce: str | None = None) -> np.ndarray:
+        """Cosine scores [N, C] of image embeddings against the classes' prompts, combined over the
+        templates by `reduce` ("mean_embedding" or "max"; default: the run's eval.template_reduce)."""
+        emb = self.encode_text(class_prompts(class_names, templates))
+        return template_scores(image_emb, emb, len(class_names), len(templates), reduce or self.template_reduce)
+
+    def zero_shot(self, images, class_names: Sequence[str], templates: Sequence[str] = ("a {}",),
+                  reduce: str | None = None) -> np.ndarray:
         """Class probabilities [N, C]: a softmax over the model's scaled similarities."""
-        logits = self._scale[0] * self.encode_image(images) @ self.class_embeddings(class_names, templates).T
+        logits = self._scale[0] * self.class_scores(self.encode_image(images), class_names, templates, reduce)
         return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
 
 

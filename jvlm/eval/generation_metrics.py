@@ -53,14 +53,14 @@ def judge_metrics(judge, images: np.ndarray, labels: np.ndarray, seed: int, temp
                   num_real: int = 480) -> dict[str, float]:
     """The module's metrics for generated uint8 images with their prompts' class ids."""
     names = shapes.class_names()
-    classes = judge.class_embeddings(names, templates)
     gen = judge.encode_image(images)
-    pred = np.argmax(gen @ classes.T, axis=-1)
+    pred = np.argmax(judge.class_scores(gen, names, templates), axis=-1)
     unseen = np.isin(labels, shapes.unseen_class_indices())
     real_images, real_labels = real_single_objects(num_real, judge.image_size, seed)
     real = judge.encode_image(real_images)
+    real_pred = np.argmax(judge.class_scores(real, names, templates), axis=-1)
     out = {"eval/prompt_accuracy": float(np.mean(pred == labels)),
-           "eval/judge_real_accuracy": float(np.mean(np.argmax(real @ classes.T, -1) == real_labels)),
+           "eval/judge_real_accuracy": float(np.mean(real_pred == real_labels)),
            "eval/fd_siglip": frechet_distance(gen, real)}
     if (~unseen).any():
         out["eval/prompt_accuracy_seen"] = float(np.mean(pred[~unseen] == labels[~unseen]))

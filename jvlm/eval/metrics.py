@@ -27,6 +27,27 @@ def class_prompts(class_names, templates) -> list[str]:
     return [t.format(name) for name in class_names for t in templates]
 
 
+TEMPLATE_REDUCTIONS = ("mean_embedding", "max")
+
+
+def template_scores(image_emb: np.ndarray, prompt_emb: np.ndarray, num_classes: int, num_templates: int,
+                    reduce: str = "mean_embedding") -> np.ndarray:
+    """Zero-shot cosine scores [N, C] from image embeddings [N, D] and the embeddings of
+    class_prompts(names, templates) [C*T, D].
+
+    "mean_embedding": CLIP's prompt ensembling, the cosine with each class's normalized mean prompt.
+    "max": the cosine with the class's best-matching prompt. When the templates enumerate a nuisance
+    attribute that the towers bind to the class (a size, a count), the image matches one template and
+    the mean of the others blurs it; the max marginalizes over the nuisance instead.
+    """
+    if reduce == "mean_embedding":
+        return np.asarray(image_emb) @ average_templates(prompt_emb, num_classes, num_templates).T
+    if reduce == "max":
+        per_prompt = np.asarray(prompt_emb).reshape(num_classes, num_templates, -1)
+        return np.einsum("nd,ctd->nct", np.asarray(image_emb), per_prompt).max(-1)
+    raise ValueError(f"template reduction {reduce!r}: use one of {TEMPLATE_REDUCTIONS}")
+
+
 def average_templates(embeddings: np.ndarray, num_classes: int, num_templates: int) -> np.ndarray:
     """Prompt ensembling: embeddings of class_prompts(...) -> one re-normalized mean per class."""
     emb = np.asarray(embeddings).reshape(num_classes, num_templates, -1).mean(1)

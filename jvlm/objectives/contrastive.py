@@ -9,12 +9,22 @@ import jax
 import jax.numpy as jnp
 
 
-def softmax_contrastive_loss(zimg, ztxt, logit_scale, max_logit_scale: float = jnp.log(100.0)):
-    """CLIP: mean of the image->text and text->image cross-entropies; t' clamped at log 100."""
+def softmax_contrastive_loss(zimg, ztxt, logit_scale, max_logit_scale: float = jnp.log(100.0), *,
+                             zneg=None, neg_valid=None):
+    """CLIP: mean of the image->text and text->image cross-entropies; t' clamped at log 100.
+
+    zneg [N, K, D], neg_valid [N, K]: optional hard-negative texts of each image (NegCLIP); they join
+    the image->text softmax of their own image only.
+    """
     scale = jnp.exp(jnp.minimum(logit_scale, max_logit_scale))
-    logits = scale * zimg.astype(jnp.float32) @ ztxt.astype(jnp.float32).T
+    zimg = zimg.astype(jnp.float32)
+    logits = scale * zimg @ ztxt.astype(jnp.float32).T
     labels = jnp.arange(logits.shape[0])
-    i2t = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], axis=1).mean()
+    i2t_logits = logits
+    if zneg is not None:
+        neg = scale * jnp.einsum("nd,nkd->nk", zimg, zneg.astype(jnp.float32))
+        i2t_logits = jnp.concatenate([logits, jnp.where(neg_valid, neg, -jnp.inf)], axis=1)
+    i2t = -jnp.take_along_axis(jax.nn.log_softmax(i2t_logits, axis=1), labels[:, None], axis=1).mean()
     t2i = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], axis=0).mean()
     return 0.5 * (i2t + t2i)
 
@@ -25,6 +35,16 @@ def sigmoid_loss(zimg, ztxt, logit_scale, logit_bias):
     logits = jnp.exp(logit_scale) * zimg.astype(jnp.float32) @ ztxt.astype(jnp.float32).T + logit_bias
     z = 2.0 * jnp.eye(n, dtype=jnp.float32) - 1.0
     return -jnp.sum(jax.nn.log_sigmoid(z * logits)) / n
+
+
+def sigmoid_hard_negative_loss(zimg, zneg, logit_scale, logit_bias, neg_valid):
+    """SigLIP's term for hard-negative texts of each image, zneg [N, K, D] with z = -1:
+    -sum_{i,k valid} log sigmoid(-(exp(t') x_i.n_ik + b)) / N, added to `sigmoid_loss` (whose
+    normalization by N it shares). Rows are independent: under jit it shards with the batch, and it
+    composes with every `sharded_sigmoid_loss` implementation without a collective of its own."""
+    logits = jnp.exp(logit_scale) * jnp.einsum("nd,nkd->nk", zimg.astype(jnp.float32),
+                                               zneg.astype(jnp.float32)) + logit_bias
+    return -jnp.sum(jnp.where(neg_valid, jax.nn.log_sigmoid(-logits), 0.0)) / zimg.shape[0]
 
 
 # ----------------------------------------------------------------------------- sharded losses

@@ -13,10 +13,11 @@ from jax.experimental import multihost_utils
 from jvlm import sharding
 from jvlm.config import ConfigError, check_choice
 from jvlm.data import shapes
+from jvlm.data.hard_negatives import WordSwapNegatives
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
 from jvlm.data.pixels import images_to_float
 from jvlm.data.sources import make_source
-from jvlm.eval.metrics import average_templates, class_prompts, retrieval_recall, topk_accuracy
+from jvlm.eval.metrics import TEMPLATE_REDUCTIONS, class_prompts, retrieval_recall, template_scores, topk_accuracy
 from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer, train_sentencepiece
 from jvlm.models.two_tower import TwoTower
 from jvlm.objectives import contrastive
@@ -56,6 +57,19 @@ class ContrastiveTask(Task):
             if t.width % t.num_heads:
                 raise ConfigError(f"config.model.{tower}.width={t.width} is not divisible by "
                                   f"config.model.{tower}.num_heads={t.num_heads}.")
+        k = c.data.get("hard_negatives", 0)
+        if k < 0:
+            raise ConfigError(f"config.data.hard_negatives={k}: the number of hard-negative captions per "
+                              f"example must be >= 0 (0 turns them off).")
+        if k and not c.data.swap_groups:
+            raise ConfigError("config.data.hard_negatives > 0 needs config.data.swap_groups: space-separated "
+                              "word groups to swap within, e.g. ('circle square triangle',).")
+        if k and m.loss == "softmax" and m.loss_impl != "dense":
+            raise ConfigError("hard negatives with the softmax loss need config.model.loss_impl='dense' (they join "
+                              "each image's own softmax row); the sigmoid loss supports them with every loss_impl.")
+        if k:
+            WordSwapNegatives([g.split() for g in c.data.swap_groups], k)  # raises on malformed groups
+        check_choice("eval.template_reduce", c.eval.get("template_reduce", "mean_embedding"), TEMPLATE_REDUCTIONS)
         if not 32 <= size <= 256:
             raise ConfigError(f"config.data.image_size={size} is outside the shapes dataset's range 32..256.")
 
@@ -102,29 +116,43 @@ class ContrastiveTask(Task):
     # of other micro-batches; this task accumulates with a feature cache instead (see embed_batch).
     handles_grad_accum = True
 
+    @property
+    def num_negatives(self) -> int:
+        return self.config.data.get("hard_negatives", 0)
+
     def embed_batch(self, params, batch):
-        """(zimg, ztxt, t', b) for the whole batch, encoded in `grad_accum_steps` micro-batches.
+        """(zimg, ztxt, zneg, t', b) for the whole batch, encoded in `grad_accum_steps` micro-batches;
+        zneg [N, K, D] embeds the hard-negative captions (None without them).
 
         Two-pass feature cache (GradCache): a scan over micro-batches whose body is
         `jax.checkpoint`-ed keeps only the embeddings in the forward pass; the loss then sees every
         negative of the full batch, and the scan's backward pass re-runs one micro-batch's towers at a
         time to backpropagate the embedding gradients. Equal to one large batch (tested).
         """
-        apply = lambda p, im, tx: self.model.apply({"params": p}, images_to_float(im), tx)  # noqa: E731
+        keys = ("image", "text", "neg_text") if self.num_negatives else ("image", "text")
+
+        def apply(p, mb):
+            n, texts = mb["text"].shape[0], mb["text"]
+            if "neg_text" in mb:  # one text-tower call for captions and their negatives
+                texts = jnp.concatenate([texts, mb["neg_text"].reshape(-1, texts.shape[-1])])
+            zimg, zall, scale, bias = self.model.apply({"params": p}, images_to_float(mb["image"]), texts)
+            zneg = zall[n:].reshape(n, -1, zall.shape[-1]) if "neg_text" in mb else None
+            return zimg, zall[:n], zneg, scale, bias
+
         k = self.config.get("grad_accum_steps", 1)
         if k == 1:
-            return apply(params, batch["image"], batch["text"])
-        micro = split_microbatches({"image": batch["image"], "text": batch["text"]}, k)
+            return apply(params, {key: batch[key] for key in keys})
+        micro = split_microbatches({key: batch[key] for key in keys}, k)
 
         def body(_, mb):
-            zimg, ztxt, scale, bias = jax.checkpoint(apply)(params, mb["image"], mb["text"])
-            return None, (zimg, ztxt, scale, bias)
+            return None, jax.checkpoint(apply)(params, mb)
 
-        _, (zimg, ztxt, scale, bias) = jax.lax.scan(body, None, micro)
-        return merge_microbatches(zimg), merge_microbatches(ztxt), scale[0], None if bias is None else bias[0]
+        _, (zimg, ztxt, zneg, scale, bias) = jax.lax.scan(body, None, micro)
+        return (merge_microbatches(zimg), merge_microbatches(ztxt), None if zneg is None else merge_microbatches(zneg),
+                scale[0], None if bias is None else bias[0])
 
     def loss_fn(self, params, batch, rng, ctx) -> LossOutput:
-        zimg, ztxt, scale, bias = self.embed_batch(params["main"], batch)
+        zimg, ztxt, zneg, scale, bias = self.embed_batch(params["main"], batch)
         m = self.config.model
         if m.loss == "sigmoid":
             if m.loss_impl == "dense":
@@ -132,24 +160,45 @@ class ContrastiveTask(Task):
             else:
                 loss = contrastive.sharded_sigmoid_loss(zimg, ztxt, scale, bias, mesh=self.mesh,
                                                         axis=sharding.BATCH_AXES, impl=m.loss_impl)
-            return LossOutput(loss, {"temperature": jnp.exp(scale), "bias": bias})
+            metrics = {"temperature": jnp.exp(scale), "bias": bias}
+            if zneg is not None:
+                neg = contrastive.sigmoid_hard_negative_loss(zimg, zneg, scale, bias, batch["neg_valid"])
+                loss, metrics["hard_negative_loss"] = loss + neg, neg
+            return LossOutput(loss, metrics)
         if m.loss_impl == "dense":
-            loss = contrastive.softmax_contrastive_loss(zimg, ztxt, scale)
+            loss = contrastive.softmax_contrastive_loss(
+                zimg, ztxt, scale, zneg=zneg, neg_valid=None if zneg is None else batch["neg_valid"])
         else:
             loss = contrastive.sharded_softmax_contrastive_loss(zimg, ztxt, scale, mesh=self.mesh,
                                                                 axis=sharding.BATCH_AXES)
         return LossOutput(loss, {"temperature": jnp.exp(jnp.minimum(scale, jnp.log(100.0)))})
 
     def abstract_batch(self, batch_size):
-        d = self.config.data
-        return {"image": jax.ShapeDtypeStruct((batch_size, d.image_size, d.image_size, 3), jnp.uint8),
-                "text": jax.ShapeDtypeStruct((batch_size, d.max_text_len), jnp.int32)}
+        d, k = self.config.data, self.num_negatives
+        out = {"image": jax.ShapeDtypeStruct((batch_size, d.image_size, d.image_size, 3), jnp.uint8),
+               "text": jax.ShapeDtypeStruct((batch_size, d.max_text_len), jnp.int32)}
+        if k:
+            out["neg_text"] = jax.ShapeDtypeStruct((batch_size, k, d.max_text_len), jnp.int32)
+            out["neg_valid"] = jax.ShapeDtypeStruct((batch_size, k), jnp.bool_)
+        return out
 
     def transform(self, example: dict, rng: np.random.Generator) -> dict:
         if self.config.data.flip and self.config.data.source == "shapes" and rng.random() < 0.5:
             example = shapes.flip_horizontal(example)  # swaps left/right in the caption too
-        tokens, truncated = self.tokenizer.encode(example["caption"], self.config.data.max_text_len)
-        return {"image": example["image"], "text": tokens, "_truncated": np.asarray(truncated)}
+        L = self.config.data.max_text_len
+        tokens, truncated = self.tokenizer.encode(example["caption"], L)
+        out = {"image": example["image"], "text": tokens, "_truncated": np.asarray(truncated)}
+        if self.num_negatives:
+            captions, out["neg_valid"] = self.negatives(example["caption"], rng)
+            out["neg_text"] = np.stack([self.tokenizer.encode(t, L)[0] for t in captions])
+        return out
+
+    @property
+    def negatives(self) -> WordSwapNegatives:
+        if not hasattr(self, "_negatives"):
+            groups = [g.split() for g in self.config.data.swap_groups]
+            self._negatives = WordSwapNegatives(groups, self.num_negatives)
+        return self._negatives
 
     def _source(self, split: str):
         """Training data from the configured source; zero-shot splits always come from shapes."""
@@ -196,31 +245,34 @@ class ContrastiveTask(Task):
             }
         return self._encoders
 
-    def class_embeddings(self, params, mesh) -> np.ndarray:
-        """One embedding per colour x shape class: the mean over prompt templates, re-normalized."""
-        templates = tuple(self.config.eval.templates)
-        names = shapes.class_names()
-        prompts = class_prompts(names, templates)
+    def prompt_embeddings(self, params, mesh) -> np.ndarray:
+        """Embeddings of every template filled with every colour x shape class, [C*T, D] (class-major)."""
+        prompts = class_prompts(shapes.class_names(), tuple(self.config.eval.templates))
         tokens = np.stack([self.tokenizer.encode(p, self.config.data.max_text_len)[0] for p in prompts])
         pad = (-len(tokens)) % sharding.data_parallel_size(mesh.shape)
         tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
         g = sharding.global_batch_from_full({"text": tokens}, mesh)
-        emb = sharding.to_host(self.encoders()["text"](params, g["text"]))[:len(prompts)]
-        return average_templates(emb, len(names), len(templates))
+        return sharding.to_host(self.encoders()["text"](params, g["text"]))[:len(prompts)]
 
     def evaluate(self, state, mesh) -> dict[str, Any]:
         if self.config.data.source != "shapes":  # zero-shot classes are the shapes classes
             return {}
         params = (state.ema_params or state.params)["main"]
-        n = self.config.eval.num_examples
-        classes = self.class_embeddings(params, mesh)
+        c = self.config
+        n, reduce = c.eval.num_examples, c.eval.get("template_reduce", "mean_embedding")
+        prompts = self.prompt_embeddings(params, mesh)
+        scores = lambda zimg, how: template_scores(  # noqa: E731
+            zimg, prompts, len(shapes.class_names()), len(c.eval.templates), how)
         out = {}
         for split, key in (("zeroshot_seen", "zeroshot"), ("zeroshot_unseen", "zeroshot_unseen")):
             zimg, _, labels = self._encode(params, mesh, split, n, text=False)
-            acc = topk_accuracy(zimg @ classes.T, labels, (1, 5))
+            acc = topk_accuracy(scores(zimg, reduce), labels, (1, 5))
             out[f"eval/{key}_top1"] = acc[1]
             if key == "zeroshot":
                 out[f"eval/{key}_top5"] = acc[5]
+            if reduce != "mean_embedding":  # CLIP's prompt ensembling alongside, for comparison
+                out[f"eval/{key}_top1_mean_embedding"] = topk_accuracy(
+                    scores(zimg, "mean_embedding"), labels, (1,))[1]
         zimg, ztxt, _ = self._encode(params, mesh, "validation", n, text=True)  # 1-3 objects, full captions
         out.update({f"eval/{k}": v for k, v in retrieval_recall(zimg @ ztxt.T, (1, 5)).items()})
         return out

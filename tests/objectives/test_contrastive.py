@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jvlm import sharding
-from jvlm.objectives.contrastive import (sharded_sigmoid_loss, sharded_softmax_contrastive_loss, sigmoid_loss,
-                                         softmax_contrastive_loss)
+from jvlm.objectives.contrastive import (sharded_sigmoid_loss, sharded_softmax_contrastive_loss,
+                                         sigmoid_hard_negative_loss, sigmoid_loss, softmax_contrastive_loss)
 
 
 def embeddings(n=16, d=8, seed=0):
@@ -39,6 +39,42 @@ def test_softmax_loss_matches_the_clip_formula_and_clamps_the_temperature():
     t2i = -np.mean([logits[i, i] - np.log(np.exp(logits[:, i]).sum()) for i in range(len(x))])
     assert float(softmax_contrastive_loss(x, y, t)) == pytest.approx((i2t + t2i) / 2, rel=1e-5)
     assert float(softmax_contrastive_loss(x, y, 9.0)) == pytest.approx(float(softmax_contrastive_loss(x, y, np.log(100))))
+
+
+def hard_negatives(n=16, k=3, d=8, seed=1):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k, d))
+    valid = rng.random((n, k)) < 0.7
+    return (z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float32), valid
+
+
+def test_sigmoid_hard_negative_term_matches_its_formula_and_skips_invalid_slots():
+    x, _ = embeddings()
+    zneg, valid = hard_negatives()
+    t, b = np.log(10.0), -3.0
+    expected = 0.0
+    for i in range(len(x)):
+        for k in range(zneg.shape[1]):
+            if valid[i, k]:
+                expected -= np.log(1.0 / (1.0 + np.exp(np.exp(t) * x[i] @ zneg[i, k] + b)))
+    expected /= len(x)
+    assert float(sigmoid_hard_negative_loss(x, zneg, t, b, valid)) == pytest.approx(expected, rel=1e-5)
+    assert float(sigmoid_hard_negative_loss(x, zneg, t, b, np.zeros_like(valid))) == 0.0
+
+
+def test_softmax_hard_negatives_join_only_their_own_images_row():
+    x, y = embeddings()
+    zneg, valid = hard_negatives()
+    t = np.log(1 / 0.07)
+    s = np.exp(t)
+    logits = s * x @ y.T
+    i2t = -np.mean([logits[i, i] - np.log(np.exp(logits[i]).sum() + np.exp(s * zneg[i][valid[i]] @ x[i]).sum())
+                    for i in range(len(x))])
+    t2i = -np.mean([logits[i, i] - np.log(np.exp(logits[:, i]).sum()) for i in range(len(x))])
+    got = softmax_contrastive_loss(x, y, t, zneg=zneg, neg_valid=valid)
+    assert float(got) == pytest.approx((i2t + t2i) / 2, rel=1e-5)
+    none_valid = softmax_contrastive_loss(x, y, t, zneg=zneg, neg_valid=np.zeros_like(valid))
+    assert float(none_valid) == pytest.approx(float(softmax_contrastive_loss(x, y, t)), rel=1e-6)
 
 
 MESHES = [({"data": 1}, "data"), ({"data": 2}, "data"), ({"data": 4}, "data"), ({"data": 8}, "data"),
