@@ -159,6 +159,9 @@ def test_inference_api_reproduces_the_logged_zero_shot_accuracy(reference_run):
     assert probs.shape == (64, 48) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
     logged = [r for r in read_metrics(workdir) if "eval/zeroshot_top1" in r and r["step"] == 20][0]
     assert float(np.mean(probs.argmax(1) == labels)) == logged["eval/zeroshot_top1"]
+    assert model.template_reduce == "max"  # the run's rule; CLIP's prompt ensembling is logged beside it
+    mean = model.zero_shot(images, shapes.class_names(), tuple(model.config.eval.templates), reduce="mean_embedding")
+    assert float(np.mean(mean.argmax(1) == labels)) == logged["eval/zeroshot_top1_mean_embedding"]
     # other sizes and PIL images go through the run's own preprocessing
     big = [Image.fromarray(shapes.ShapesSource("test", image_size=96)[i]["image"]) for i in range(3)]
     emb = model.encode_image(big)
