@@ -20,7 +20,7 @@ import numpy as np
 from jvlm.config import load_run_config
 from jvlm.data.sources import load_image
 from jvlm.data.tokenizer import Tokenizer
-from jvlm.eval.metrics import average_templates, class_prompts, template_scores
+from jvlm.eval.metrics import average_templates, class_prompts, configured_reduction, template_scores
 from jvlm.tasks.contrastive import ContrastiveTask
 from jvlm.train.checkpoint import load_params
 
@@ -75,7 +75,7 @@ class ContrastiveModel:
     @property
     def template_reduce(self) -> str:
         """How zero-shot scores combine templates, as the run was evaluated (eval.template_reduce)."""
-        return self.config.eval.get("template_reduce", "mean_embedding")
+        return configured_reduction(self.config.eval)
 
     def class_scores(self, image_emb: np.ndarray, class_names: Sequence[str], templates: Sequence[str] = ("a {}",),
                      reduce: str | None = None) -> np.ndarray:

@@ -54,11 +54,12 @@ def judge_metrics(judge, images: np.ndarray, labels: np.ndarray, seed: int, temp
     """The module's metrics for generated uint8 images with their prompts' class ids."""
     names = shapes.class_names()
     gen = judge.encode_image(images)
-    pred = np.argmax(judge.class_scores(gen, names, templates), axis=-1)
     unseen = np.isin(labels, shapes.unseen_class_indices())
     real_images, real_labels = real_single_objects(num_real, judge.image_size, seed)
     real = judge.encode_image(real_images)
-    real_pred = np.argmax(judge.class_scores(real, names, templates), axis=-1)
+    # One call: the class prompts are encoded once for the generated and the real images.
+    pred_all = np.argmax(judge.class_scores(np.concatenate([gen, real]), names, templates), axis=-1)
+    pred, real_pred = pred_all[:len(gen)], pred_all[len(gen):]
     out = {"eval/prompt_accuracy": float(np.mean(pred == labels)),
            "eval/judge_real_accuracy": float(np.mean(real_pred == real_labels)),
            "eval/fd_siglip": frechet_distance(gen, real)}

@@ -30,6 +30,11 @@ def class_prompts(class_names, templates) -> list[str]:
 TEMPLATE_REDUCTIONS = ("mean_embedding", "max")
 
 
+def configured_reduction(eval_config) -> str:
+    """A run's `eval.template_reduce`; runs saved before the option existed used the mean embedding."""
+    return eval_config.get("template_reduce", "mean_embedding")
+
+
 def template_scores(image_emb: np.ndarray, prompt_emb: np.ndarray, num_classes: int, num_templates: int,
                     reduce: str = "mean_embedding") -> np.ndarray:
     """Zero-shot cosine scores [N, C] from image embeddings [N, D] and the embeddings of

@@ -17,7 +17,8 @@ from jvlm.data.hard_negatives import WordSwapNegatives
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
 from jvlm.data.pixels import images_to_float
 from jvlm.data.sources import make_source
-from jvlm.eval.metrics import TEMPLATE_REDUCTIONS, class_prompts, retrieval_recall, template_scores, topk_accuracy
+from jvlm.eval.metrics import (TEMPLATE_REDUCTIONS, class_prompts, configured_reduction, retrieval_recall,
+                               template_scores, topk_accuracy)
 from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer, train_sentencepiece
 from jvlm.models.two_tower import TwoTower
 from jvlm.objectives import contrastive
@@ -68,8 +69,8 @@ class ContrastiveTask(Task):
             raise ConfigError("hard negatives with the softmax loss need config.model.loss_impl='dense' (they join "
                               "each image's own softmax row); the sigmoid loss supports them with every loss_impl.")
         if k:
-            WordSwapNegatives([g.split() for g in c.data.swap_groups], k)  # raises on malformed groups
-        check_choice("eval.template_reduce", c.eval.get("template_reduce", "mean_embedding"), TEMPLATE_REDUCTIONS)
+            self.negatives  # noqa: B018 -- builds the swapper now: malformed groups fail before anything compiles
+        check_choice("eval.template_reduce", configured_reduction(c.eval), TEMPLATE_REDUCTIONS)
         if not 32 <= size <= 256:
             raise ConfigError(f"config.data.image_size={size} is outside the shapes dataset's range 32..256.")
 
@@ -190,7 +191,7 @@ class ContrastiveTask(Task):
         out = {"image": example["image"], "text": tokens, "_truncated": np.asarray(truncated)}
         if self.num_negatives:
             captions, out["neg_valid"] = self.negatives(example["caption"], rng)
-            out["neg_text"] = np.stack([self.tokenizer.encode(t, L)[0] for t in captions])
+            out["neg_text"] = self.tokenizer.encode_batch(captions, L)[0]
         return out
 
     @property
@@ -248,7 +249,7 @@ class ContrastiveTask(Task):
     def prompt_embeddings(self, params, mesh) -> np.ndarray:
         """Embeddings of every template filled with every colour x shape class, [C*T, D] (class-major)."""
         prompts = class_prompts(shapes.class_names(), tuple(self.config.eval.templates))
-        tokens = np.stack([self.tokenizer.encode(p, self.config.data.max_text_len)[0] for p in prompts])
+        tokens = self.tokenizer.encode_batch(prompts, self.config.data.max_text_len)[0]
         pad = (-len(tokens)) % sharding.data_parallel_size(mesh.shape)
         tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
         g = sharding.global_batch_from_full({"text": tokens}, mesh)
@@ -259,7 +260,7 @@ class ContrastiveTask(Task):
             return {}
         params = (state.ema_params or state.params)["main"]
         c = self.config
-        n, reduce = c.eval.num_examples, c.eval.get("template_reduce", "mean_embedding")
+        n, reduce = c.eval.num_examples, configured_reduction(c.eval)
         prompts = self.prompt_embeddings(params, mesh)
         scores = lambda zimg, how: template_scores(  # noqa: E731
             zimg, prompts, len(shapes.class_names()), len(c.eval.templates), how)
