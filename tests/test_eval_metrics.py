@@ -52,3 +52,12 @@ def test_max_over_templates_recovers_a_class_bound_to_a_nuisance_word():
     image = np.array([[1.0, 0.0]])
     assert template_scores(image, prompts, 2, 2, "max").argmax() == 0
     assert template_scores(image, prompts, 2, 2, "mean_embedding").argmax() == 1
+
+
+def test_part_accuracies_split_a_class_into_its_colour_and_its_shape():
+    from jvlm.data import shapes
+    from jvlm.eval.generation_metrics import part_accuracies
+    names = shapes.class_names()
+    labels = np.array([names.index(n) for n in ("red circle", "red circle", "blue star", "green cross")])
+    pred = np.array([names.index(n) for n in ("red circle", "red square", "pink star", "red square")])
+    assert part_accuracies(pred, labels) == {"color_accuracy": 0.5, "shape_accuracy": 0.5}

@@ -49,6 +49,14 @@ def real_single_objects(num: int, image_size: int, seed: int) -> tuple[np.ndarra
     return np.stack(images), np.asarray(labels)
 
 
+def part_accuracies(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Colour and shape accuracy of predicted colour x shape class ids (`shapes.class_names()` order)."""
+    n = len(shapes.SHAPES)
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    return {"color_accuracy": float(np.mean(pred // n == labels // n)),
+            "shape_accuracy": float(np.mean(pred % n == labels % n))}
+
+
 def judge_metrics(judge, images: np.ndarray, labels: np.ndarray, seed: int, templates: tuple[str, ...],
                   num_real: int = 480) -> dict[str, float]:
     """The module's metrics for generated uint8 images with their prompts' class ids."""
@@ -63,6 +71,9 @@ def judge_metrics(judge, images: np.ndarray, labels: np.ndarray, seed: int, temp
     out = {"eval/prompt_accuracy": float(np.mean(pred == labels)),
            "eval/judge_real_accuracy": float(np.mean(real_pred == real_labels)),
            "eval/fd_siglip": frechet_distance(gen, real)}
+    # Which half of the class the generator gets wrong: the colour, the shape, or both.
+    out.update({f"eval/prompt_{k}": v for k, v in part_accuracies(pred, labels).items()})
+    out.update({f"eval/judge_real_{k}": v for k, v in part_accuracies(real_pred, real_labels).items()})
     if (~unseen).any():
         out["eval/prompt_accuracy_seen"] = float(np.mean(pred[~unseen] == labels[~unseen]))
     if unseen.any():

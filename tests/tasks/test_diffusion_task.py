@@ -38,8 +38,10 @@ def test_ddpm_trains_writes_sample_grids_and_is_judged(ddpm_run):
     assert rows[-1]["loss"] < rows[0]["loss"]
     last = rows[-1]
     for key in ("eval/prompt_accuracy", "eval/prompt_accuracy_seen", "eval/prompt_accuracy_unseen",
-                "eval/judge_real_accuracy", "eval/fd_siglip", "eval/bits_per_dim"):
+                "eval/judge_real_accuracy", "eval/fd_siglip", "eval/bits_per_dim", "eval/prompt_color_accuracy",
+                "eval/prompt_shape_accuracy", "eval/judge_real_color_accuracy", "eval/judge_real_shape_accuracy"):
         assert key in last and math.isfinite(last[key]), key
+    assert last["eval/prompt_accuracy"] <= min(last["eval/prompt_color_accuracy"], last["eval/prompt_shape_accuracy"])
     assert 0 <= last["eval/prompt_accuracy"] <= 1 and last["eval/fd_siglip"] > 0 and last["eval/bits_per_dim"] > 0
     assert math.isfinite(last["eval/fid_inception"]) and last["eval/fid_inception"] >= 0
     grids = sorted(os.listdir(ddpm_run / "samples"))
