@@ -61,3 +61,27 @@ def test_part_accuracies_split_a_class_into_its_colour_and_its_shape():
     labels = np.array([names.index(n) for n in ("red circle", "red circle", "blue star", "green cross")])
     pred = np.array([names.index(n) for n in ("red circle", "red square", "pink star", "red square")])
     assert part_accuracies(pred, labels) == {"color_accuracy": 0.5, "shape_accuracy": 0.5}
+
+
+class _PixelJudge:
+    """A stand-in 64px judge: embeds images as their pixels at 8x8, and scores classes by a fixed random
+    projection."""
+    image_size = 64
+
+    def encode_image(self, images):
+        from PIL import Image
+        small = [np.asarray(Image.fromarray(im).resize((8, 8), Image.BILINEAR)) for im in images]
+        return np.stack(small).reshape(len(images), -1).astype(np.float64) / 255.0
+
+    def class_scores(self, emb, names, templates):
+        return emb @ np.random.default_rng(0).standard_normal((emb.shape[1], len(names)))
+
+
+def test_a_generator_that_returns_real_images_scores_the_ceiling_at_its_own_resolution():
+    # Generated 32px images are compared with real 32px images (resized by the judge alike), not with the
+    # 64px renders a 64px judge was trained on: images identical to the real ones score exactly the ceiling.
+    from jvlm.eval.generation_metrics import judge_metrics, real_single_objects
+    images, labels = real_single_objects(48, 32, seed=0)
+    m = judge_metrics(_PixelJudge(), images, labels, seed=0, templates=("a {}",), num_real=48)
+    assert m["eval/prompt_accuracy"] == m["eval/judge_real_accuracy"]
+    assert m["eval/fd_siglip"] == pytest.approx(0.0, abs=1e-6)

@@ -63,7 +63,9 @@ def judge_metrics(judge, images: np.ndarray, labels: np.ndarray, seed: int, temp
     names = shapes.class_names()
     gen = judge.encode_image(images)
     unseen = np.isin(labels, shapes.unseen_class_indices())
-    real_images, real_labels = real_single_objects(num_real, judge.image_size, seed)
+    # Real images at the generated images' size, resized by the judge exactly as they are: a 64px judge
+    # scores native 64px renders higher than 32px ones upsampled, which would overstate the ceiling.
+    real_images, real_labels = real_single_objects(num_real, images.shape[1], seed)
     real = judge.encode_image(real_images)
     # One call: the class prompts are encoded once for the generated and the real images.
     pred_all = np.argmax(judge.class_scores(np.concatenate([gen, real]), names, templates), axis=-1)
