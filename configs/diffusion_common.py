@@ -35,7 +35,9 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
         denoiser="unet",    # "unet" | "dit" (model.dit)
         dit=ConfigDict(dict(patch_size=2, width=128, depth=4, num_heads=4)),
         unet=ConfigDict(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), num_heads=4, dropout=0.0)),
-        text=ConfigDict(dict(width=64, depth=2, num_heads=4, mlp_dim=128))))
+        # The prompt model trains with the denoiser; text.run = a contrastive run (configs/siglip_shapes.py)
+        # uses that run's text tower, frozen, and its tokenizer instead (the other text fields are then unused).
+        text=ConfigDict(dict(width=64, depth=2, num_heads=4, mlp_dim=128, run=""))))
     c.sample = ConfigDict(dict(sampler="ddim", steps=50, guidance=3.0, eta=0.0))
     c.eval = ConfigDict(dict(
         num_samples=96, batch_size=48, grid_rows=6,   # two samples per colour x shape class
@@ -62,7 +64,7 @@ def apply_common_variant(c: ConfigDict, arg: str) -> bool:
         tiny_run(c)
         c.model.unet = ConfigDict(dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), num_heads=2,
                                        dropout=0.0))
-        c.model.text = ConfigDict(dict(width=16, depth=1, num_heads=2, mlp_dim=32))
+        c.model.text.update(dict(width=16, depth=1, num_heads=2, mlp_dim=32))
         c.model.dit = ConfigDict(dict(patch_size=4, width=16, depth=1, num_heads=2))
         c.diffusion.num_train_steps = 100
         c.sample.steps = 4

@@ -1,6 +1,7 @@
 """Denoising diffusion on the spine (DDPM; latent diffusion when `config.latent.run` names an autoencoder
 run): a UNet or DiT denoiser (`model.denoiser`), conditioned on captions through a Transformer text encoder trained with it
-(cross-attention), on class labels, or on nothing.
+(cross-attention), or through the frozen text tower of a contrastive run (`model.text.run`, Stable Diffusion's
+use of CLIP: every token's last hidden state, with that run's tokenizer), on class labels, or on nothing.
 
 Training (Ho et al. 2020, Algorithm 1): x0 = images in [-1, 1] (or the autoencoder's latents times
 `latent.scale`), t ~ U{0..T-1}, x_t = q_sample(x0, t, ε), loss = weight(t) * ‖output − target‖²
@@ -48,6 +49,7 @@ CONDITIONINGS = ("text", "class", "none")
 
 class DiffusionTask(Task):
     optional_keys = Task.optional_keys + ("diffusion", "conditioning", "latent", "sample")
+    frozen_text = None  # (tower, parameters) when model.text.run names a contrastive run; set by setup()
 
     # ------------------------------------------------------------------ config
     def validate(self) -> None:
@@ -92,7 +94,7 @@ class DiffusionTask(Task):
     def denoiser(self) -> UNet | DiT:
         """model.denoiser: "unet" (model.unet) or "dit" (model.dit); both take (x_t, t, context/labels)."""
         c = self.config
-        cond = dict(context_dim=c.model.text.width if c.conditioning.kind == "text" else 0,
+        cond = dict(context_dim=self.text_encoder.width if c.conditioning.kind == "text" else 0,
                     num_classes=len(shapes.class_names()) if c.conditioning.kind == "class" else 0,
                     dtype=jnp.dtype(c.model.dtype))
         if c.model.get("denoiser", "unet") == "dit":
@@ -105,17 +107,44 @@ class DiffusionTask(Task):
 
     @property
     def text_encoder(self) -> TextTransformer:
+        """The prompt model: trained here (model.text), or a contrastive run's tower (model.text.run, after setup)."""
+        if self.frozen_text is not None:
+            return self.frozen_text[0]
         c = self.config
         t = c.model.text
         return TextTransformer(vocab_size=c.data.vocab_size, width=t.width, depth=t.depth, num_heads=t.num_heads,
                                mlp_dim=t.mlp_dim, max_len=c.data.max_text_len, pool="none",
                                dtype=jnp.dtype(c.model.dtype))
 
+    def _load_text_tower(self, run: str) -> tuple[tuple[TextTransformer, Any], str]:
+        """((per-token text tower, its parameters), tokenizer path) of a contrastive run."""
+        from jvlm.config import load_run_config
+        from jvlm.train.checkpoint import load_params
+        c = self.config
+        try:
+            rc = load_run_config(run, ("contrastive",), "set model.text.run to a contrastive run "
+                                 "(configs/siglip_shapes.py), or to '' to train a text encoder with the denoiser")
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"config.model.text.run: {e}") from None
+        if rc.data.max_text_len != c.data.max_text_len:
+            raise ConfigError(f"the text tower in {run} reads {rc.data.max_text_len} tokens but config.data.max_text_len="
+                              f"{c.data.max_text_len}; set data.max_text_len={rc.data.max_text_len}.")
+        _, params = load_params(run, ema=True)
+        t = {k: v for k, v in rc.model.text.items() if k != "pool"}
+        tower = TextTransformer(**t, vocab_size=rc.data.vocab_size, max_len=rc.data.max_text_len, pool="none",
+                                dtype=jnp.dtype(c.model.dtype))
+        return (tower, params["main"]["txt"]), rc.data.tokenizer or os.path.join(run, "tokenizer.model")
+
     # ------------------------------------------------------------------ setup: tokenizer, autoencoder, judge
     def setup(self) -> None:
         c = self.config
-        self.tokenizer = None
-        if c.conditioning.kind == "text":
+        self.tokenizer, self.frozen_text = None, None
+        if c.conditioning.kind == "text" and c.model.text.get("run"):
+            self.frozen_text, path = self._load_text_tower(c.model.text.run)
+            self.tokenizer = Tokenizer(path)  # the tower's own: its token ids are what it learned
+            print(f"[diffusion] prompt model: the frozen text tower of {c.model.text.run} "
+                  f"(width {self.text_encoder.width})", flush=True)
+        elif c.conditioning.kind == "text":
             # Without a workdir (a notebook, a test) the trained tokenizer goes to a fresh temporary directory.
             path = c.data.tokenizer or os.path.join(self.workdir or tempfile.mkdtemp(prefix="jvlm_tokenizer_"),
                                                     "tokenizer.model")
@@ -172,8 +201,9 @@ class DiffusionTask(Task):
         kwargs = {}
         if c.conditioning.kind == "text":
             tokens = jnp.zeros((1, c.data.max_text_len), jnp.int32)
-            params["text"] = self.text_encoder.init(jax.random.fold_in(rng, 1), tokens)["params"]
-            kwargs = dict(context=jnp.zeros((1, c.data.max_text_len, c.model.text.width)),
+            if self.frozen_text is None:  # a frozen tower's parameters are constants, not trained state
+                params["text"] = self.text_encoder.init(jax.random.fold_in(rng, 1), tokens)["params"]
+            kwargs = dict(context=jnp.zeros((1, c.data.max_text_len, self.text_encoder.width)),
                           context_mask=jnp.ones((1, c.data.max_text_len), bool))
         elif c.conditioning.kind == "class":
             kwargs = dict(labels=jnp.zeros((1,), jnp.int32))
@@ -200,7 +230,8 @@ class DiffusionTask(Task):
         kwargs = {}
         if "text" in cond:
             tokens = cond["text"]
-            feats = self.text_encoder.apply({"params": p["text"]}, tokens)
+            text_params = p["text"] if self.frozen_text is None else self.frozen_text[1]
+            feats = self.text_encoder.apply({"params": text_params}, tokens)
             kwargs = dict(context=feats, context_mask=tokens != 0)
         elif "label" in cond:
             kwargs = dict(labels=cond["label"])

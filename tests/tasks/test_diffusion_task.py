@@ -147,3 +147,30 @@ def test_prompt_classes_and_frechet_distance():
     assert frechet_distance(a, a + np.array([2.0, 0, 0])) == pytest.approx(4.0, abs=1e-6)
     # N(0, I) against N(0, 4I) in 3 dims: 3 * (1 + 4 - 2 * 2) = 3
     assert frechet_distance(rng.normal(size=(200_000, 3)), 2 * rng.normal(size=(200_000, 3))) == pytest.approx(3.0, rel=0.02)
+
+
+def test_a_frozen_contrastive_text_tower_is_the_prompt_model(reference_run):
+    from jvlm.eval.contrastive_model import ContrastiveModel
+    from jvlm.models.two_tower import l2_normalize
+    judge, _ = reference_run
+    cfg = load_config(DDPM, [f"--config.model.text.run={judge}"])
+    task, _ = loop.build(cfg, None, devices=jax.devices()[:1])
+    task.setup()
+    params, _ = task.init(jax.random.key(0))
+    assert set(params["main"]) == {"denoiser"}  # the tower's parameters are constants, not trained state
+    contrastive = ContrastiveModel.load(judge)
+    prompts = ["a large red circle", "a small blue star"]
+    tokens = task.encode_prompts(prompts)["text"]  # through the tower's own tokenizer
+    np.testing.assert_array_equal(tokens, contrastive.tokenizer.encode_batch(prompts, cfg.data.max_text_len)[0])
+    # The per-token features are the contrastive run's: pooled at EOS and projected, they are its text embedding.
+    tower, tower_params = task.frozen_text
+    pooled = tower.clone(pool="eos").apply({"params": tower_params}, tokens)
+    proj = contrastive.params["txt_proj"]
+    np.testing.assert_allclose(l2_normalize(pooled @ proj["kernel"] + proj["bias"]), contrastive.encode_text(prompts),
+                               atol=1e-5)
+    with pytest.raises(ConfigError, match="set data.max_text_len="):
+        bad = load_config(DDPM, [f"--config.model.text.run={judge}", "--config.data.max_text_len=16"])
+        loop.build(bad, None, devices=jax.devices()[:1])[0].setup()
+    with pytest.raises(ConfigError, match="model.text.run: .*not a jvlm run directory"):
+        bad = load_config(DDPM, ["--config.model.text.run=/nowhere"])
+        loop.build(bad, None, devices=jax.devices()[:1])[0].setup()
