@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jvlm import sharding
-from jvlm.config import ConfigError, check_choice
+from jvlm.config import ConfigError, check_choice, load_run_config
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader
 from jvlm.data.pixels import float_to_uint8, images_to_float
@@ -118,7 +118,6 @@ class DiffusionTask(Task):
 
     def _load_text_tower(self, run: str) -> tuple[tuple[TextTransformer, Any], str]:
         """((per-token text tower, its parameters), tokenizer path) of a contrastive run."""
-        from jvlm.config import load_run_config
         from jvlm.train.checkpoint import load_params
         c = self.config
         try:
