@@ -25,6 +25,8 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
         schedule="linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02,  # DDPM's
         prediction="epsilon",   # "epsilon" | "x0" | "v"
         min_snr_gamma=0.0,      # > 0: Min-SNR-γ loss weights (5 is the paper's)
+        timesteps="uniform",    # t ~ U{0..T-1} (DDPM) | "log_snr_normal": log SNR_t ~ N(log_snr_mean, log_snr_std²)
+        log_snr_mean=1.0, log_snr_std=2.4,  # EDM's noise-level distribution (ln σ ~ N(-1.2, 1.2²), σ_data 0.5)
         variance="fixed_small"))  # ancestral sampling's σ_t²: "fixed_small" (β̃_t) | "fixed_large" (β_t)
     c.conditioning = ConfigDict(dict(
         kind="text",        # "text" (captions, cross-attention) | "class" (colour x shape label) | "none"

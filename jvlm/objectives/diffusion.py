@@ -21,6 +21,7 @@ import numpy as np
 from jvlm.objectives import vae
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
+TIMESTEP_SAMPLINGS = ("uniform", "log_snr_normal")
 PREDICTIONS = ("epsilon", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large")  # σ_t² = β̃_t (posterior variance) or β_t
 
@@ -145,6 +146,17 @@ def loss_weight(s: Schedule, t, prediction: str = "epsilon", min_snr_gamma: floa
 def sample_timesteps(rng: jax.Array, batch: int, num_steps: int) -> jax.Array:
     """Uniform t in 0..T−1 (DDPM Algorithm 1)."""
     return jax.random.randint(rng, (batch,), 0, num_steps)
+
+
+def sample_timesteps_log_snr(rng: jax.Array, batch: int, s: Schedule, mean: float, std: float) -> jax.Array:
+    """t whose log-SNR is about N(mean, std²): log λ is drawn, then the first t with log SNR_t <= it is taken
+    (clipped to 0..T−1). EDM's training distribution of noise levels (Karras et al. 2022: ln σ ~ N(−1.2, 1.2²)
+    with σ_data = 0.5, i.e. log SNR ~ N(1.0, 2.4²)), which puts the steps on the middle noise levels instead of
+    spreading them evenly over t, where a linear schedule spends half of them at SNR < 0.1."""
+    log_snr = jnp.log(s.alphas_cumprod) - jnp.log1p(-s.alphas_cumprod)  # decreasing in t
+    target = mean + std * jax.random.normal(rng, (batch,))
+    t = jnp.searchsorted(-log_snr, -target)  # the first t with −log SNR_t >= −target
+    return jnp.clip(t, 0, s.num_steps - 1).astype(jnp.int32)
 
 
 def diffusion_loss(s: Schedule, model_output: jax.Array, x0: jax.Array, noise: jax.Array, t,

@@ -4,10 +4,10 @@ run): a UNet or DiT denoiser (`model.denoiser`), conditioned on captions through
 use of CLIP: every token's last hidden state, with that run's tokenizer), on class labels, or on nothing.
 
 Training (Ho et al. 2020, Algorithm 1): x0 = images in [-1, 1] (or the autoencoder's latents times
-`latent.scale`), t ~ U{0..T-1}, x_t = q_sample(x0, t, ε), loss = weight(t) * ‖output − target‖²
-(ε, x0 or v). Conditioning dropout (`conditioning.dropout`) replaces the caption with the empty one (or
-the label with the null class) so the same network is also the unconditional model classifier-free
-guidance needs. Sampling uses the EMA parameters when the run keeps them (`ema_decay`).
+`latent.scale`), t ~ U{0..T-1} (or with log SNR_t normal, `diffusion.timesteps`), x_t = q_sample(x0, t, ε),
+loss = weight(t) * ‖output − target‖² (ε, x0 or v). Conditioning dropout (`conditioning.dropout`) replaces
+the caption with the empty one (or the label with the null class) so the same network is also the
+unconditional model classifier-free guidance needs. Sampling uses the EMA parameters when the run keeps them (`ema_decay`).
 
 Evaluation writes samples/samples_<step>.png (one row per prompt), `eval/bits_per_dim` (the variational
 bound on held-out images, pixel space, `eval.nll_examples` > 0) and, with a judge (`eval.judge`, a
@@ -57,6 +57,9 @@ class DiffusionTask(Task):
         d, cond, s = c.diffusion, c.conditioning, c.sample
         check_choice("diffusion.schedule", d.schedule, D.SCHEDULES)
         check_choice("diffusion.prediction", d.prediction, D.PREDICTIONS)
+        check_choice("diffusion.timesteps", d.get("timesteps", "uniform"), D.TIMESTEP_SAMPLINGS)
+        if d.get("timesteps", "uniform") == "log_snr_normal" and not d.log_snr_std > 0:
+            raise ConfigError(f"config.diffusion.log_snr_std={d.log_snr_std} must be > 0.")
         check_choice("diffusion.variance", d.variance, D.VARIANCES)
         check_choice("conditioning.kind", cond.kind, CONDITIONINGS)
         check_choice("sample.sampler", s.sampler, SAMPLERS)
@@ -126,8 +129,9 @@ class DiffusionTask(Task):
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"config.model.text.run: {e}") from None
         if rc.data.max_text_len != c.data.max_text_len:
-            raise ConfigError(f"the text tower in {run} reads {rc.data.max_text_len} tokens but config.data.max_text_len="
-                              f"{c.data.max_text_len}; set data.max_text_len={rc.data.max_text_len}.")
+            raise ConfigError(f"the text tower in {run} reads {rc.data.max_text_len} tokens but "
+                              f"config.data.max_text_len={c.data.max_text_len}; "
+                              f"set data.max_text_len={rc.data.max_text_len}.")
         _, params = load_params(run, ema=True)
         t = {k: v for k, v in rc.model.text.items() if k != "pool"}
         tower = TextTransformer(**t, vocab_size=rc.data.vocab_size, max_len=rc.data.max_text_len, pool="none",
@@ -253,7 +257,10 @@ class DiffusionTask(Task):
         x0 = self.to_x0(batch["image"])
         b = x0.shape[0]
         k_t, k_noise, k_drop, k_model = jax.random.split(rng, 4)
-        t = D.sample_timesteps(k_t, b, d.num_train_steps)
+        if d.get("timesteps", "uniform") == "log_snr_normal":
+            t = D.sample_timesteps_log_snr(k_t, b, self.schedule, d.log_snr_mean, d.log_snr_std)
+        else:
+            t = D.sample_timesteps(k_t, b, d.num_train_steps)
         noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
         cond = {k: batch[k] for k in ("text", "label") if k in batch}
         if cond and c.conditioning.dropout > 0:

@@ -191,6 +191,20 @@ def test_min_snr_weights_and_loss(lin):
     np.testing.assert_allclose(D.diffusion_loss(lin, jnp.ones((3, 2)), x0, eps, t), 1.0)
 
 
+def test_log_snr_normal_timesteps_follow_their_distribution(lin):
+    t = np.asarray(D.sample_timesteps_log_snr(jax.random.key(0), 20000, lin, 1.0, 2.4))
+    a = np.asarray(lin.alphas_cumprod, np.float64)
+    log_snr = np.log(a / (1 - a))[t]
+    assert t.min() >= 0 and t.max() <= 999 and t.dtype == np.int32
+    # Discretization moves each draw to the next step down in log SNR (steps are < 0.2 apart in the middle).
+    assert 0.8 < np.median(log_snr) < 1.0
+    assert np.mean(np.abs(log_snr - 1.0) < 2.4) == pytest.approx(0.68, abs=0.02)
+    assert np.median(t) == pytest.approx(np.argmax(np.log(a / (1 - a)) <= 1.0), abs=5)  # t ~ 170: SNR = e
+    # t >= 500 exactly when the drawn log SNR is below log SNR_499: uniform t spends half its steps there.
+    full = np.log(a / (1 - a))
+    assert np.mean(t >= 500) == pytest.approx(0.5 * (1 + math.erf((full[499] - 1.0) / (2.4 * math.sqrt(2)))), abs=0.01)
+
+
 def test_bad_names_are_rejected():
     with pytest.raises(ValueError, match="unknown schedule"):
         D.make_schedule("quadratic")
