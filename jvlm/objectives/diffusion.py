@@ -153,7 +153,7 @@ def sample_timesteps_log_snr(rng: jax.Array, batch: int, s: Schedule, mean: floa
     (clipped to 0..T−1). EDM's training distribution of noise levels (Karras et al. 2022: ln σ ~ N(−1.2, 1.2²)
     with σ_data = 0.5, i.e. log SNR ~ N(1.0, 2.4²)), which puts the steps on the middle noise levels instead of
     spreading them evenly over t, where a linear schedule spends half of them at SNR < 0.1."""
-    log_snr = jnp.log(s.alphas_cumprod) - jnp.log1p(-s.alphas_cumprod)  # decreasing in t
+    log_snr = jnp.log(snr(s, jnp.arange(s.num_steps)))  # decreasing in t
     target = mean + std * jax.random.normal(rng, (batch,))
     t = jnp.searchsorted(-log_snr, -target)  # the first t with −log SNR_t >= −target
     return jnp.clip(t, 0, s.num_steps - 1).astype(jnp.int32)

@@ -57,8 +57,8 @@ class DiffusionTask(Task):
         d, cond, s = c.diffusion, c.conditioning, c.sample
         check_choice("diffusion.schedule", d.schedule, D.SCHEDULES)
         check_choice("diffusion.prediction", d.prediction, D.PREDICTIONS)
-        check_choice("diffusion.timesteps", d.get("timesteps", "uniform"), D.TIMESTEP_SAMPLINGS)
-        if d.get("timesteps", "uniform") == "log_snr_normal" and not d.log_snr_std > 0:
+        check_choice("diffusion.timesteps", d.timesteps, D.TIMESTEP_SAMPLINGS)
+        if d.timesteps == "log_snr_normal" and not d.log_snr_std > 0:
             raise ConfigError(f"config.diffusion.log_snr_std={d.log_snr_std} must be > 0.")
         check_choice("diffusion.variance", d.variance, D.VARIANCES)
         check_choice("conditioning.kind", cond.kind, CONDITIONINGS)
@@ -257,7 +257,7 @@ class DiffusionTask(Task):
         x0 = self.to_x0(batch["image"])
         b = x0.shape[0]
         k_t, k_noise, k_drop, k_model = jax.random.split(rng, 4)
-        if d.get("timesteps", "uniform") == "log_snr_normal":
+        if d.timesteps == "log_snr_normal":
             t = D.sample_timesteps_log_snr(k_t, b, self.schedule, d.log_snr_mean, d.log_snr_std)
         else:
             t = D.sample_timesteps(k_t, b, d.num_train_steps)
