@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jvlm import sharding
-from jvlm.config import ConfigError, check_choice, load_run_config
+from jvlm.config import ConfigError, check_choice
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader
 from jvlm.data.pixels import float_to_uint8, images_to_float
@@ -119,32 +119,32 @@ class DiffusionTask(Task):
                                mlp_dim=t.mlp_dim, max_len=c.data.max_text_len, pool="none",
                                dtype=jnp.dtype(c.model.dtype))
 
-    def _load_text_tower(self, run: str) -> tuple[tuple[TextTransformer, Any], str]:
-        """((per-token text tower, its parameters), tokenizer path) of a contrastive run."""
-        from jvlm.train.checkpoint import load_params
+    def _load_text_tower(self, run: str) -> tuple[tuple[TextTransformer, Any], Tokenizer]:
+        """((per-token text tower, its parameters), its tokenizer) of a contrastive run."""
+        from jvlm.eval.contrastive_model import ContrastiveModel
         c = self.config
         try:
-            rc = load_run_config(run, ("contrastive",), "set model.text.run to a contrastive run "
-                                 "(configs/siglip_shapes.py), or to '' to train a text encoder with the denoiser")
+            model = ContrastiveModel.load(run)
         except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"config.model.text.run: {e}") from None
+            raise ConfigError(f"config.model.text.run: {e} (one trained with configs/siglip_shapes.py; or set "
+                              f"model.text.run='' to train a text encoder with the denoiser)") from None
+        rc = model.config
         if rc.data.max_text_len != c.data.max_text_len:
             raise ConfigError(f"the text tower in {run} reads {rc.data.max_text_len} tokens but "
                               f"config.data.max_text_len={c.data.max_text_len}; "
                               f"set data.max_text_len={rc.data.max_text_len}.")
-        _, params = load_params(run, ema=True)
         t = {k: v for k, v in rc.model.text.items() if k != "pool"}
         tower = TextTransformer(**t, vocab_size=rc.data.vocab_size, max_len=rc.data.max_text_len, pool="none",
                                 dtype=jnp.dtype(c.model.dtype))
-        return (tower, params["main"]["txt"]), rc.data.tokenizer or os.path.join(run, "tokenizer.model")
+        return (tower, model.params["txt"]), model.tokenizer
 
     # ------------------------------------------------------------------ setup: tokenizer, autoencoder, judge
     def setup(self) -> None:
         c = self.config
         self.tokenizer, self.frozen_text = None, None
         if c.conditioning.kind == "text" and c.model.text.get("run"):
-            self.frozen_text, path = self._load_text_tower(c.model.text.run)
-            self.tokenizer = Tokenizer(path)  # the tower's own: its token ids are what it learned
+            # The tower's own tokenizer: its token ids are what it learned.
+            self.frozen_text, self.tokenizer = self._load_text_tower(c.model.text.run)
             print(f"[diffusion] prompt model: the frozen text tower of {c.model.text.run} "
                   f"(width {self.text_encoder.width})", flush=True)
         elif c.conditioning.kind == "text":
