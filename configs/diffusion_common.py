@@ -40,7 +40,8 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
         # The prompt model trains with the denoiser; text.run = a contrastive run (configs/siglip_shapes.py)
         # uses that run's text tower, frozen, and its tokenizer instead (the other text fields are then unused).
         text=ConfigDict(dict(width=64, depth=2, num_heads=4, mlp_dim=128, run=""))))
-    c.sample = ConfigDict(dict(sampler="ddim", steps=50, guidance=3.0, eta=0.0))
+    # guidance_rescale φ: 0 is plain classifier-free guidance (diffusers' default); see diffusion_sampler.py.
+    c.sample = ConfigDict(dict(sampler="ddim", steps=50, guidance=3.0, eta=0.0, guidance_rescale=0.0))
     c.eval = ConfigDict(dict(
         num_samples=96, batch_size=48, grid_rows=6,   # two samples per colour x shape class
         prompt_template="a large {}",

@@ -29,6 +29,8 @@ def _flags(p):
     p.add_argument("--num", type=int, default=8, help="images per prompt")
     p.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
     p.add_argument("--guidance", type=float, default=None, help="default: the run's sample.guidance")
+    p.add_argument("--guidance_rescale", type=float, default=None,
+                   help="φ in [0, 1]: rescale the guided output to the conditional one's std (default: the run's)")
     p.add_argument("--sampler", default=None, help="ddim | dpm++2m | ddpm (default: the run's)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's η (0: deterministic)")
     p.add_argument("--seed", type=int, default=0)
@@ -53,6 +55,7 @@ def main(argv=None) -> None:
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     guidance = s.guidance if args.guidance is None else args.guidance
     eta = s.eta if args.eta is None else args.eta
+    rescale = s.get("guidance_rescale", 0.0) if args.guidance_rescale is None else args.guidance_rescale
     conditional = config.conditioning.kind != "none"
     prompts = args.prompt or ([""] if not conditional else [])
     if not prompts:
@@ -60,7 +63,7 @@ def main(argv=None) -> None:
     if args.num < 1:
         sys.exit(f"error: --num must be at least 1, got {args.num}")
     try:  # every check before anything compiles
-        check_request(config.diffusion.num_train_steps, sampler, steps, guidance, conditional)
+        check_request(config.diffusion.num_train_steps, sampler, steps, guidance, conditional, rescale)
         if guidance != 1.0 and config.conditioning.dropout == 0.0:
             raise ValueError(f"guidance={guidance} needs a model trained with conditioning dropout; this run's "
                              f"conditioning.dropout is 0: use --guidance 1")
@@ -75,7 +78,8 @@ def main(argv=None) -> None:
         sys.exit(f"error: {out} exists; remove it or pass --out (samples are never overwritten)")
     step, params = load_params(args.workdir, ema=True)
     rng = jax.random.key(args.seed)
-    kw = dict(negative_prompt=args.negative_prompt, sampler=sampler, steps=steps, guidance=guidance, eta=eta)
+    kw = dict(negative_prompt=args.negative_prompt, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
+              guidance_rescale=rescale)
     all_prompts = [p for p in prompts for _ in range(args.num)]
     t0 = time.perf_counter()
     task.generate(params["main"], all_prompts[:1] * len(all_prompts), rng, **kw)  # compile (same shapes)
@@ -85,7 +89,7 @@ def main(argv=None) -> None:
     sample_s = time.perf_counter() - t0
     save_grid(out, [images[i * args.num:(i + 1) * args.num] for i in range(len(prompts))])
     print(json.dumps({"out": out, "checkpoint_step": step, "sampler": sampler, "steps": steps, "guidance": guidance,
-                      "images": len(images), "compile_s": round(compile_s, 2), "sample_s": round(sample_s, 3),
+                      "guidance_rescale": rescale, "images": len(images), "compile_s": round(compile_s, 2), "sample_s": round(sample_s, 3),
                       "s_per_image": round(sample_s / len(images), 4), "backend": jax.default_backend()}))
 
 

@@ -7,7 +7,10 @@ compiled program (no Python loop per step), with classifier-free guidance and ne
 `denoise(x_t, t, cond) -> model output` (t: int32 [B]); `cond`/`uncond` are pytrees with a leading batch
 axis (or None for an unconditional model). With guidance g != 1 each step makes one batched model call
 on [x; x] with [cond; uncond] and uses u + g·(c − u) (Ho & Salimans 2022); `uncond` is the null condition
-the model was trained with under conditioning dropout, or a negative prompt's.
+the model was trained with under conditioning dropout, or a negative prompt's. guidance_rescale φ > 0
+(diffusers' `guidance_rescale`; Lin et al. 2023, eq. 15-16) scales that guided output to the conditional
+output's standard deviation, mixed with weight φ: large g inflates it, and the inflated latents decode to
+over-saturated blobs.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def timesteps(num_train_steps: int, num_steps: int, spacing: str = "linspace",
     return ts
 
 
-def check_request(num_train_steps: int, sampler: str, num_steps: int, guidance: float, conditional: bool) -> None:
+def check_request(num_train_steps: int, sampler: str, num_steps: int, guidance: float, conditional: bool,
+                  guidance_rescale: float = 0.0) -> None:
     """The checks a sampling request must pass before anything compiles; raises ValueError naming the fix."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
@@ -65,16 +69,26 @@ def check_request(num_train_steps: int, sampler: str, num_steps: int, guidance: 
     if guidance != 1.0 and not conditional:
         raise ValueError(f"guidance={guidance} needs a conditional model trained with conditioning dropout "
                          f"(a null condition to guide against); this model is unconditional: use guidance 1.")
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale={guidance_rescale} is a mixing weight: use a value in [0, 1] "
+                         f"(0 = plain guidance, 1 = fully rescaled)")
+
+
+def rescale_guidance(guided: jax.Array, cond_out: jax.Array, phi: float) -> jax.Array:
+    """φ·guided·std(cond_out)/std(guided) + (1 − φ)·guided, the standard deviations per example."""
+    axes = tuple(range(1, guided.ndim))
+    ratio = jnp.std(cond_out, axis=axes, keepdims=True) / (jnp.std(guided, axis=axes, keepdims=True) + 1e-12)
+    return phi * guided * ratio + (1.0 - phi) * guided
 
 
 def sample(schedule: D.Schedule, denoise: Callable, x_T: jax.Array, rng: jax.Array, *, sampler: str = "ddim",
            num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0, cond: Any = None, uncond: Any = None,
            prediction: str = "epsilon", variance: str = "fixed_small", clip_x0: bool = False,
-           spacing: str | None = None) -> jax.Array:
+           spacing: str | None = None, guidance_rescale: float = 0.0) -> jax.Array:
     """Runs the reverse process from x_T to x0 with `num_steps` steps; traceable (call it under jit).
     spacing: of the timesteps (see `timesteps`); default "logsnr" for dpm++2m, else "linspace"."""
     T = schedule.num_steps
-    check_request(T, sampler, num_steps, guidance, cond is not None)
+    check_request(T, sampler, num_steps, guidance, cond is not None, guidance_rescale)
     if guidance != 1.0 and uncond is None:
         raise ValueError("guidance != 1 needs `uncond`: the null condition (or a negative prompt's)")
     spacing = spacing or ("logsnr" if sampler == "dpm++2m" else "linspace")
@@ -92,7 +106,8 @@ def sample(schedule: D.Schedule, denoise: Callable, x_T: jax.Array, rng: jax.Arr
         both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
         out = denoise(jnp.concatenate([x, x]), jnp.concatenate([tb, tb]), both)
         c, u = jnp.split(out, 2)
-        return u + guidance * (c - u)
+        guided = u + guidance * (c - u)
+        return rescale_guidance(guided, c, guidance_rescale) if guidance_rescale else guided
 
     def body(carry, step):
         x, last_x0, rng = carry

@@ -71,7 +71,8 @@ class DiffusionTask(Task):
                               f"(an unconditional mode to guide against): set conditioning.dropout > 0 (0.1 is usual) "
                               f"or sample.guidance=1.")
         try:
-            check_request(d.num_train_steps, s.sampler, s.steps, s.guidance, cond.kind != "none")
+            check_request(d.num_train_steps, s.sampler, s.steps, s.guidance, cond.kind != "none",
+                          s.get("guidance_rescale", 0.0))
         except ValueError as e:
             raise ConfigError(f"config.sample: {e}") from None
         if c.model.get("denoiser", "unet") == "unet":
@@ -323,15 +324,17 @@ class DiffusionTask(Task):
         return {}
 
     def sampler_fn(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-                   eta: float | None = None):
+                   eta: float | None = None, guidance_rescale: float | None = None):
         """Jitted (params, x_T, rng, cond, uncond) -> images in [-1, 1]; the whole loop is one program."""
         s = self.config.sample
         sampler, steps = sampler or s.sampler, steps or s.steps
         guidance = s.guidance if guidance is None else guidance
         eta = s.eta if eta is None else eta
+        # .get: runs saved before the key existed sampled without rescaling
+        rescale = s.get("guidance_rescale", 0.0) if guidance_rescale is None else guidance_rescale
         conditional = self.config.conditioning.kind != "none"
-        check_request(self.config.diffusion.num_train_steps, sampler, steps, guidance, conditional)
-        key = (sampler, steps, guidance, eta)
+        check_request(self.config.diffusion.num_train_steps, sampler, steps, guidance, conditional, rescale)
+        key = (sampler, steps, guidance, eta, rescale)
         cache = self.__dict__.setdefault("_samplers", {})
         if key not in cache:
             schedule, d = self.schedule, self.config.diffusion
@@ -340,7 +343,7 @@ class DiffusionTask(Task):
                 x0 = sample(schedule, lambda x, t, cd: self.denoise(p, x, t, cd or {}), x_T, rng, sampler=sampler,
                             num_steps=steps, eta=eta, guidance=guidance, cond=cond if conditional else None,
                             uncond=uncond if guidance != 1.0 else None, prediction=d.prediction,
-                            variance=d.variance, clip_x0=self.codec is None)
+                            variance=d.variance, clip_x0=self.codec is None, guidance_rescale=rescale)
                 return jnp.clip(self.from_x0(x0), -1.0, 1.0)
             cache[key] = jax.jit(run)
         return cache[key]

@@ -1,6 +1,7 @@
 """The full sampler on data whose optimal denoiser is known in closed form (x0 ~ N(μ, s²) per dim): every
 sampler must turn noise into samples with the data's mean and spread; the loop is one compiled scan;
-classifier-free guidance combines the two conditions as u + g (c − u); bad requests fail before tracing."""
+classifier-free guidance combines the two conditions as u + g (c − u), optionally rescaled to the conditional
+output's spread; bad requests fail before tracing."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from jvlm.objectives import diffusion as D
-from jvlm.objectives.diffusion_sampler import check_request, sample, timesteps
+from jvlm.objectives.diffusion_sampler import check_request, rescale_guidance, sample, timesteps
 
 MU, STD = 0.6, 0.3
 
@@ -79,6 +80,31 @@ def test_classifier_free_guidance_extrapolates_from_the_null_condition():
     np.testing.assert_allclose(g3, D.ddim_step(s, x1, int(ts[1]), -1, out_u + 3 * (out_c - out_u)), rtol=1e-4, atol=1e-4)
 
 
+def test_guidance_rescale_matches_each_example_to_the_conditional_spread():
+    rng = np.random.default_rng(0)
+    scale = np.array([0.5, 1.0, 4.0])[:, None, None]  # examples of different spreads: the std is per example
+    c, u = (jnp.asarray(rng.normal(size=(3, 4, 5)) * scale, jnp.float32) for _ in range(2))
+    guided = u + 3.0 * (c - u)
+    full = np.asarray(rescale_guidance(guided, c, 1.0))
+    np.testing.assert_allclose(full.std(axis=(1, 2)), np.asarray(c).std(axis=(1, 2)), rtol=1e-5)
+    ratio = full / np.asarray(guided)  # a per-example rescaling: the direction is kept
+    np.testing.assert_allclose(ratio, ratio[:, :1, :1] * np.ones_like(ratio), rtol=1e-5)
+    np.testing.assert_allclose(rescale_guidance(guided, c, 0.0), guided)
+    np.testing.assert_allclose(rescale_guidance(guided, c, 0.7), 0.7 * full + 0.3 * np.asarray(guided), rtol=1e-5, atol=1e-6)
+
+    # inside the sampler: one DDIM step from T-1 to 0 with x0-prediction returns the rescaled guided output
+    s = D.make_schedule("linear", 1000)
+    x_T = jax.random.normal(jax.random.key(4), (8, 6))
+    cond, null = jnp.full((8, 6), 0.5), jnp.zeros((8, 6))
+    run = lambda phi: sample(s, oracle(s, "x0"), x_T, jax.random.key(5), num_steps=1, guidance=3.0, cond=cond,  # noqa: E731
+                             uncond=null, prediction="x0", guidance_rescale=phi)
+    t = jnp.full((8,), 999)
+    oc, ou = oracle(s, "x0")(x_T, t, cond), oracle(s, "x0")(x_T, t, null)
+    expect = D.ddim_step(s, x_T, 999, -1, rescale_guidance(ou + 3 * (oc - ou), oc, 0.7), prediction="x0")
+    np.testing.assert_allclose(run(0.7), expect, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(run(0.7), run(0.0), atol=1e-2)
+
+
 def test_bad_requests_fail_with_the_fix():
     assert list(timesteps(1000, 4)) == [999, 666, 333, 0]
     ab = np.asarray(D.make_schedule("linear", 1000).alphas_cumprod)
@@ -93,3 +119,5 @@ def test_bad_requests_fail_with_the_fix():
         check_request(1000, "ddpm", 50, 1.0, False)
     with pytest.raises(ValueError, match="unknown sampler"):
         check_request(1000, "euler", 50, 1.0, False)
+    with pytest.raises(ValueError, match=r"guidance_rescale=1.5 is a mixing weight: use a value in \[0, 1\]"):
+        check_request(1000, "ddim", 50, 3.0, True, 1.5)

@@ -101,6 +101,8 @@ def test_config_errors_name_the_fix():
         loop.build(load_config(DDPM, ["--config.conditioning.kind=none"]), None, devices=jax.devices()[:1])
     with pytest.raises(ConfigError, match="schedule has 100"):
         loop.build(load_config(DDPM, ["--config.sample.steps=500"]), None, devices=jax.devices()[:1])
+    with pytest.raises(ConfigError, match=r"sample: guidance_rescale=2.0 is a mixing weight"):
+        loop.build(load_config(DDPM, ["--config.sample.guidance_rescale=2.0"]), None, devices=jax.devices()[:1])
     cfg = load_config("configs/ddpm_shapes.py:tiny,class", ["--config.eval.inception_weights=/nowhere/inception.npz"])
     task, _ = loop.build(cfg, None, devices=jax.devices()[:1])
     with pytest.raises(ConfigError, match=r"eval.inception_weights: .*do not exist.*np\.savez"):
