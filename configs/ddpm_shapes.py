@@ -8,8 +8,8 @@ classifier-free guidance.
 
 Variants (comma-separated, they compose): "" (default); "class" (class-conditional on single objects);
 "uncond" (unconditional); "dit" (a DiT denoiser instead of the UNet); "tiny" (seconds, for tests).
-`--config.eval.judge=runs/siglip_shapes` adds prompt accuracy and the Fréchet distance in the judge's
-embedding space.
+`--config.eval.judge=runs/siglip_judge32` (a `configs/siglip_shapes.py:judge32` run) adds prompt accuracy
+and the Fréchet distance in the judge's embedding space.
 """
 
 from ml_collections import ConfigDict

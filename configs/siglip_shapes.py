@@ -6,6 +6,7 @@
 Variants (comma-separated, they compose): "" (default, CPU-sized); "tiny" (a few steps, for tests and
 debugging); "lit" (LiT: image tower locked and loaded from --config.init_from.checkpoint=RUN);
 "peer" (fixed sizes for comparing implementations: 64 px, patch 8, width 256, depth 6, batch 64);
+"judge32" (the 32 px diffusion configs' judge: 32 px images, patch 4, twice the steps; ~12 minutes);
 "B/16", "L/16", "So400m/14" (published SigLIP sizes, for pods).
 
     python -m experiments.train --config configs/siglip_shapes.py:lit --workdir runs/lit \
@@ -84,6 +85,12 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.model.text = ConfigDict(dict(width=32, depth=1, num_heads=2, mlp_dim=64, causal=False, pool="eos"))
         c.eval.num_examples = 64
         c.eval.batch_size = 32
+    elif arg == "judge32":  # judges 32 px generators. A 64 px judge would see them upsampled, a domain it never
+        # trained on; patch 4 keeps the 8x8 tokens. Twice the steps: zero-shot top-1 0.95 against 0.77 (unseen
+        # combinations 0.85 against 0.64); a judge is trained once and should be as sure as we can afford.
+        c.data.image_size = 32
+        c.model.image.patch_size = 4
+        c.total_steps, c.eval_every, c.checkpoint_every = 2240, 560, 560
     elif arg == "peer":  # fixed sizes for comparisons against other implementations of the same model
         c.batch_size = 64
         c.data.image_size = 64
@@ -108,4 +115,4 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         c.model.loss_impl = "ring"
     elif arg:
         raise ValueError(f"unknown variant {arg!r} for siglip_shapes; use '', 'tiny', "
-                         f"'lit', 'peer', or a preset: {', '.join(presets.SIGLIP)}")
+                         f"'lit', 'peer', 'judge32', or a preset: {', '.join(presets.SIGLIP)}")

@@ -129,3 +129,19 @@ def test_siglip_initializes_temperature_and_bias_as_the_paper():
     from jvlm.tasks.contrastive import ContrastiveTask
     p = ContrastiveTask(load_config(TINY), None, None).init(jax.random.PRNGKey(0))[0]["main"]
     assert float(p["logit_scale"].unbox()) == pytest.approx(np.log(10.0)) and float(p["logit_bias"].unbox()) == -10.0
+
+
+def test_the_32px_judge_variant_keeps_the_default_token_grid():
+    # The judge of 32 px generators: 32 px images, patch 4, so the tower sees the default's 8x8 tokens.
+    import jax
+    shapes_by_variant = {}
+    for variant in ("", "judge32"):
+        cfg = load_config(f"configs/siglip_shapes.py:{variant}")
+        task, mesh = loop.build(cfg, None, devices=jax.devices()[:1])
+        params = jax.eval_shape(lambda: task.init(jax.random.key(0))[0])
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+        pos = [leaf for path, leaf in leaves if "pos_embedding" in jax.tree_util.keystr(path) and "img" in
+               jax.tree_util.keystr(path)]
+        shapes_by_variant[variant] = (cfg.data.image_size, cfg.model.image.patch_size, pos[0].shape)
+    assert shapes_by_variant[""][:2] == (64, 8) and shapes_by_variant["judge32"][:2] == (32, 4)
+    assert shapes_by_variant[""][2] == shapes_by_variant["judge32"][2]

@@ -53,15 +53,17 @@ def test_sample_cli_writes_a_grid_once_and_refuses_bad_requests(ddpm_run, tmp_pa
     out = tmp_path / "grid.png"
     base = ["experiments.sample", "--config", DDPM, "--workdir", str(ddpm_run)]
     proc = run_cli(base + ["--prompt", "a large red circle", "--prompt", "a small blue star", "--num", "3",
-                           "--negative_prompt", "a green square", "--out", str(out)])
+                           "--negative_prompt", "a green square", "--guidance_rescale", "0.7", "--out", str(out)])
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["images"] == 6 and report["steps"] == 4 and report["s_per_image"] > 0
+    assert report["guidance_rescale"] == 0.7
     assert Image.open(out).size == (3 * 34 + 2, 2 * 34 + 2)
     again = run_cli(base + ["--prompt", "a red circle", "--out", str(out)], check=False)
     assert again.returncode != 0 and "never overwritten" in again.stderr
     for flags, message in ((["--prompt", "a red circle", "--steps", "101"], "schedule has 100"),
                            (["--prompt", "a red circle " * 40], "longer than the model's context"),
                            (["--prompt", "a red circle", "--sampler", "ddpm", "--steps", "50"], "takes all 100 steps"),
+                           (["--prompt", "a red circle", "--guidance_rescale", "1.5"], "mixing weight"),
                            ([], "give at least one --prompt")):
         proc = run_cli(base + flags + ["--out", str(tmp_path / "x.png")], check=False)
         assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-500:])
