@@ -44,18 +44,15 @@ def main(argv=None) -> None:
     from jvlm.config import load_run_config
     from jvlm.eval.image_metrics import save_grid
     from jvlm.objectives.diffusion_sampler import check_request
-    from jvlm.tasks.diffusion import DiffusionTask
+    from jvlm.tasks.diffusion import DiffusionTask, sampling_settings
     from jvlm.train.checkpoint import load_params
 
     try:
         config = load_run_config(args.workdir, ("diffusion",), "give the workdir of a diffusion run")
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    s = config.sample
-    sampler, steps = args.sampler or s.sampler, args.steps or s.steps
-    guidance = s.guidance if args.guidance is None else args.guidance
-    eta = s.eta if args.eta is None else args.eta
-    rescale = s.get("guidance_rescale", 0.0) if args.guidance_rescale is None else args.guidance_rescale
+    settings = sampling_settings(config.sample, args.sampler, args.steps, args.guidance, args.eta, args.guidance_rescale)
+    sampler, steps, guidance, eta, rescale = settings.values()
     conditional = config.conditioning.kind != "none"
     prompts = args.prompt or ([""] if not conditional else [])
     if not prompts:
@@ -78,8 +75,7 @@ def main(argv=None) -> None:
         sys.exit(f"error: {out} exists; remove it or pass --out (samples are never overwritten)")
     step, params = load_params(args.workdir, ema=True)
     rng = jax.random.key(args.seed)
-    kw = dict(negative_prompt=args.negative_prompt, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-              guidance_rescale=rescale)
+    kw = dict(negative_prompt=args.negative_prompt, **settings)
     all_prompts = [p for p in prompts for _ in range(args.num)]
     t0 = time.perf_counter()
     task.generate(params["main"], all_prompts[:1] * len(all_prompts), rng, **kw)  # compile (same shapes)
@@ -89,7 +85,8 @@ def main(argv=None) -> None:
     sample_s = time.perf_counter() - t0
     save_grid(out, [images[i * args.num:(i + 1) * args.num] for i in range(len(prompts))])
     print(json.dumps({"out": out, "checkpoint_step": step, "sampler": sampler, "steps": steps, "guidance": guidance,
-                      "guidance_rescale": rescale, "images": len(images), "compile_s": round(compile_s, 2), "sample_s": round(sample_s, 3),
+                      "guidance_rescale": rescale, "images": len(images), "compile_s": round(compile_s, 2),
+                      "sample_s": round(sample_s, 3),
                       "s_per_image": round(sample_s / len(images), 4), "backend": jax.default_backend()}))
 
 

@@ -71,8 +71,9 @@ class DiffusionTask(Task):
                               f"(an unconditional mode to guide against): set conditioning.dropout > 0 (0.1 is usual) "
                               f"or sample.guidance=1.")
         try:
-            check_request(d.num_train_steps, s.sampler, s.steps, s.guidance, cond.kind != "none",
-                          s.get("guidance_rescale", 0.0))
+            r = sampling_settings(s)
+            check_request(d.num_train_steps, r["sampler"], r["steps"], r["guidance"], cond.kind != "none",
+                          r["guidance_rescale"])
         except ValueError as e:
             raise ConfigError(f"config.sample: {e}") from None
         if c.model.get("denoiser", "unet") == "unet":
@@ -326,15 +327,11 @@ class DiffusionTask(Task):
     def sampler_fn(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                    eta: float | None = None, guidance_rescale: float | None = None):
         """Jitted (params, x_T, rng, cond, uncond) -> images in [-1, 1]; the whole loop is one program."""
-        s = self.config.sample
-        sampler, steps = sampler or s.sampler, steps or s.steps
-        guidance = s.guidance if guidance is None else guidance
-        eta = s.eta if eta is None else eta
-        # .get: runs saved before the key existed sampled without rescaling
-        rescale = s.get("guidance_rescale", 0.0) if guidance_rescale is None else guidance_rescale
+        r = sampling_settings(self.config.sample, sampler, steps, guidance, eta, guidance_rescale)
+        sampler, steps, guidance, eta, rescale = r.values()
         conditional = self.config.conditioning.kind != "none"
         check_request(self.config.diffusion.num_train_steps, sampler, steps, guidance, conditional, rescale)
-        key = (sampler, steps, guidance, eta, rescale)
+        key = tuple(r.values())
         cache = self.__dict__.setdefault("_samplers", {})
         if key not in cache:
             schedule, d = self.schedule, self.config.diffusion
@@ -426,6 +423,16 @@ class DiffusionTask(Task):
                 self._real_inception = self.inception.features(real)
             out["eval/fid_inception"] = features_fid(self.inception.features(images), self._real_inception)
         return out
+
+
+def sampling_settings(s, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                      eta: float | None = None, guidance_rescale: float | None = None) -> dict:
+    """The run's `sample` settings with the given overrides (None, or an empty sampler / 0 steps, keeps the
+    run's), in the order sampler, steps, guidance, eta, guidance_rescale."""
+    return dict(sampler=sampler or s.sampler, steps=steps or s.steps,
+                guidance=s.guidance if guidance is None else guidance, eta=s.eta if eta is None else eta,
+                # runs saved before the key existed sampled without rescaling
+                guidance_rescale=s.get("guidance_rescale", 0.0) if guidance_rescale is None else guidance_rescale)
 
 
 def _class_of(prompt: str) -> int | None:
