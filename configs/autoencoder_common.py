@@ -19,7 +19,9 @@ def autoencoder_config(task: str, *, learning_rate: float, lr_mults: tuple = ())
     c.model = ConfigDict(dict(
         dtype="float32",
         # ch_mult (1, 2, 2): downsampling 4, so 32x32 images become 8x8 grids.
-        encoder=ConfigDict(dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn=False))))
+        encoder=ConfigDict(dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn=False)),
+        # The decoder mirrors the encoder; a non-zero ch / num_res_blocks here widens or deepens it alone.
+        decoder=ConfigDict(dict(ch=0, num_res_blocks=0))))
     c.eval = ConfigDict(dict(num_examples=512, batch_size=128))
     return c
 

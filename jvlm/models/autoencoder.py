@@ -5,7 +5,9 @@ Encoder: conv_in -> per level [num_res_blocks ResBlocks, then a stride-2 downsam
 level] -> mid (ResBlock, optional attention, ResBlock) -> GroupNorm, swish -> conv to `out_channels`.
 The downsampling factor is 2 ** (len(ch_mult) - 1): ch_mult (1, 2) -> 2, (1, 2, 2) -> 4, (1, 1, 2, 2) -> 8,
 (1, 1, 2, 2, 4) -> 16. The decoder mirrors it with nearest-neighbour upsampling. Attention at the
-lowest resolution is optional (`attn=True`), as in VQ-GAN.
+lowest resolution is optional (`attn=True`), as in VQ-GAN. The decoder may be wider or deeper than the
+encoder (`decoder_settings`): latent diffusion runs the encoder at every training step and the decoder only
+when it samples.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jvlm.config import ConfigError
 from jvlm.models.layers import bias_init, dense_init
 
 Dtype = Any
@@ -24,6 +27,19 @@ Dtype = Any
 
 def downsampling_factor(ch_mult: Sequence[int]) -> int:
     return 2 ** (len(ch_mult) - 1)
+
+
+DECODER_OVERRIDES = ("ch", "num_res_blocks")
+
+
+def decoder_settings(encoder: dict[str, Any], decoder: dict[str, Any] | None) -> dict[str, Any]:
+    """The decoder's settings: the encoder's, with config.model.decoder's non-zero `ch` / `num_res_blocks`
+    in their place (0 keeps the encoder's). ch_mult is always the encoder's: the two must mirror."""
+    unknown = sorted(set(decoder or {}) - set(DECODER_OVERRIDES))
+    if unknown:
+        raise ConfigError(f"config.model.decoder may set only {', '.join(DECODER_OVERRIDES)} (0 = the encoder's), "
+                         f"got {', '.join(unknown)}; the upsampling always mirrors model.encoder.ch_mult.")
+    return {**encoder, **{k: v for k, v in (decoder or {}).items() if v}}
 
 
 def _norm(ch: int, name: str | None = None) -> nn.GroupNorm:

@@ -30,13 +30,14 @@ class DiscreteVAE(nn.Module):
     """logits: images [-1, 1] -> [B, h, w, K]; decode: (relaxed) one-hots [B, h, w, K] -> images;
     decode_codes: int codes [B, h, w] -> images (the same codebook rows, looked up)."""
     encoder: dict[str, Any]
+    decoder: dict[str, Any]   # decoder_settings(): the encoder's, optionally wider or deeper
     codebook_size: int
     code_dim: int
     dtype: Any = jnp.float32
 
     def setup(self):
         self.enc = Encoder(out_channels=self.codebook_size, dtype=self.dtype, **self.encoder)
-        self.dec = Decoder(dtype=self.dtype, **self.encoder)
+        self.dec = Decoder(dtype=self.dtype, **self.decoder)
         # Unit-scale rows: a one-hot then feeds the decoder's first conv inputs of the scale its init expects.
         self.codebook = self.param("codebook", nn.with_logical_partitioning(
             nn.initializers.normal(1.0), (None, None)), (self.codebook_size, self.code_dim))
@@ -71,7 +72,7 @@ class DVAETask(ImageAutoencoderTask):
     @property
     def model(self) -> DiscreteVAE:
         m, q = self.config.model, self.config.model.quantizer
-        return DiscreteVAE(encoder=dict(m.encoder), codebook_size=q.codebook_size, code_dim=q.code_dim,
+        return DiscreteVAE(**self.encoder_decoder, codebook_size=q.codebook_size, code_dim=q.code_dim,
                            dtype=jnp.dtype(m.dtype))
 
     def init(self, rng):

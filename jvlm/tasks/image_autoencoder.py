@@ -18,7 +18,7 @@ from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
 from jvlm.data.pixels import float_to_uint8
 from jvlm.eval.image_metrics import psnr, save_grid, ssim
-from jvlm.models.autoencoder import downsampling_factor
+from jvlm.models.autoencoder import decoder_settings, downsampling_factor
 from jvlm.tasks.base import Task
 
 
@@ -30,10 +30,18 @@ class ImageAutoencoderTask(Task):
         if c.data.image_size % f:
             raise ConfigError(f"config.data.image_size={c.data.image_size} is not divisible by the downsampling "
                               f"factor {f} of model.encoder.ch_mult={tuple(c.model.encoder.ch_mult)}.")
+        self.encoder_decoder  # checks config.model.decoder
         dp = sharding.data_parallel_size(self.mesh.shape)
         if c.eval.batch_size % dp:
             raise ConfigError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the data-parallel "
                               f"size {dp}; use a multiple of {dp}.")
+
+    @property
+    def encoder_decoder(self) -> dict:
+        """The model's `encoder` and `decoder` settings: the decoder mirrors model.encoder unless model.decoder
+        widens or deepens it."""
+        m = self.config.model
+        return dict(encoder=dict(m.encoder), decoder=decoder_settings(dict(m.encoder), m.get("decoder")))
 
     # ------------------------------------------------------------------ data
     def train_loader(self, start_step, rows):

@@ -37,12 +37,13 @@ class Posterior(NamedTuple):
 class GaussianAutoencoder(nn.Module):
     """encode: images [-1, 1] -> (mean, logvar); decode: z -> image means (unbounded; [-1, 1] is the data)."""
     encoder: dict[str, Any]
+    decoder: dict[str, Any]   # decoder_settings(): the encoder's, optionally wider or deeper
     latent_channels: int
     dtype: Any = jnp.float32
 
     def setup(self):
         self.enc = Encoder(out_channels=2 * self.latent_channels, dtype=self.dtype, **self.encoder)
-        self.dec = Decoder(dtype=self.dtype, **self.encoder)
+        self.dec = Decoder(dtype=self.dtype, **self.decoder)
         self.log_scale = self.param("log_scale", nn.with_logical_partitioning(nn.initializers.zeros, (None,)), (3,))
 
     def encode(self, images):
@@ -75,7 +76,7 @@ class VAETask(ImageAutoencoderTask):
     @property
     def model(self) -> GaussianAutoencoder:
         m = self.config.model
-        return GaussianAutoencoder(encoder=dict(m.encoder), latent_channels=m.latent_channels, dtype=jnp.dtype(m.dtype))
+        return GaussianAutoencoder(**self.encoder_decoder, latent_channels=m.latent_channels, dtype=jnp.dtype(m.dtype))
 
     @property
     def num_dims(self) -> int:

@@ -32,6 +32,7 @@ class VQAutoencoder(nn.Module):
     """encode: images [-1, 1] -> z_e [B, h, w, code_dim]; decode: codes -> images. The codebook is a
     parameter unless EMA updates it (then the caller passes it from the model state)."""
     encoder: dict[str, Any]
+    decoder: dict[str, Any]   # decoder_settings(): the encoder's, optionally wider or deeper
     codebook_size: int
     code_dim: int
     lookup_dim: int = 0          # > 0: quantize in a projected space of this size
@@ -40,7 +41,7 @@ class VQAutoencoder(nn.Module):
 
     def setup(self):
         self.enc = Encoder(out_channels=self.code_dim, dtype=self.dtype, **self.encoder)
-        self.dec = Decoder(dtype=self.dtype, **self.encoder)
+        self.dec = Decoder(dtype=self.dtype, **self.decoder)
         dim = self.lookup_dim or self.code_dim
         if self.lookup_dim:
             self.to_lookup = nn.Dense(self.lookup_dim, kernel_init=dense_init(("embed", None)))
@@ -78,7 +79,7 @@ class VQVAETask(ImageAutoencoderTask):
     @property
     def model(self) -> VQAutoencoder:
         m, q = self.config.model, self.config.model.quantizer
-        return VQAutoencoder(encoder=dict(m.encoder), codebook_size=q.codebook_size, code_dim=q.code_dim,
+        return VQAutoencoder(**self.encoder_decoder, codebook_size=q.codebook_size, code_dim=q.code_dim,
                              lookup_dim=q.lookup_dim, learned_codebook=q.ema_decay <= 0, dtype=jnp.dtype(m.dtype))
 
     @property

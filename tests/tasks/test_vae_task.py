@@ -11,6 +11,7 @@ from flax import linen as nn
 from helpers import run_cli
 
 from jvlm.config import ConfigError, load_config
+from jvlm.models.autoencoder import decoder_settings
 from jvlm.train import loop
 from jvlm.train.metrics import read_metrics
 
@@ -52,6 +53,16 @@ def test_encode_decode_shapes_and_bad_inputs_are_named():
         fn["encode"](params, np.zeros((2, 31, 31, 3), np.uint8), jax.random.key(1))
     with pytest.raises(ValueError, match="encodes uint8 images"):
         fn["encode"](params, np.zeros((2, 32, 32, 3), np.float32), jax.random.key(1))
+
+
+def test_a_wider_decoder_leaves_the_encoder_as_it_was():
+    narrow = nn.unbox(build().init(jax.random.key(0))[0]["main"])
+    wide = nn.unbox(build("model.decoder.ch=16", "model.decoder.num_res_blocks=2").init(jax.random.key(0))[0]["main"])
+    assert jax.tree.map(jnp.shape, wide["enc"]) == jax.tree.map(jnp.shape, narrow["enc"])  # the latents' maker
+    assert narrow["dec"]["conv_in"]["kernel"].shape[-1] == 8 * 2 and wide["dec"]["conv_in"]["kernel"].shape[-1] == 16 * 2
+    assert "up0_block2" in wide["dec"] and "up0_block2" not in narrow["dec"]   # num_res_blocks + 1 per level
+    with pytest.raises(ConfigError, match="may set only ch, num_res_blocks .* got ch_mult"):
+        decoder_settings({"ch": 8, "ch_mult": (1, 2)}, {"ch_mult": (1, 2, 2)})
 
 
 def test_config_errors_and_kl_warmup():
