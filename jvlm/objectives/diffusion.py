@@ -43,10 +43,12 @@ class Schedule(NamedTuple):
 
 
 def make_schedule(kind: str = "linear", num_steps: int = 1000, *, beta_start: float = 1e-4,
-                  beta_end: float = 0.02, cosine_s: float = 0.008, max_beta: float = 0.999) -> Schedule:
+                  beta_end: float = 0.02, cosine_s: float = 0.008, max_beta: float = 0.999,
+                  zero_terminal_snr: bool = False) -> Schedule:
     """"linear": β from beta_start to beta_end (DDPM); "scaled_linear": linear in √β (Stable Diffusion's,
     usually with beta_start 0.00085, beta_end 0.012); "cosine": ᾱ(t) ∝ cos²((t/T + s)/(1 + s)·π/2) with
-    β clipped at max_beta (Nichol & Dhariwal 2021). Computed in float64, stored as float32."""
+    β clipped at max_beta (Nichol & Dhariwal 2021). zero_terminal_snr: rescaled by
+    `rescale_zero_terminal_snr` (diffusers' rescale_betas_zero_snr). Computed in float64, stored as float32."""
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}; use one of {SCHEDULES}")
     if num_steps < 2:
@@ -59,6 +61,8 @@ def make_schedule(kind: str = "linear", num_steps: int = 1000, *, beta_start: fl
         f = lambda t: np.cos((t / num_steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2  # noqa: E731
         t = np.arange(num_steps, dtype=np.float64)
         betas = np.minimum(1 - f(t + 1) / f(t), max_beta)
+    if zero_terminal_snr:
+        betas = rescale_zero_terminal_snr(betas)
     alphas = 1.0 - betas
     ab = np.cumprod(alphas)
     ab_prev = np.append(1.0, ab[:-1])
@@ -72,6 +76,25 @@ def make_schedule(kind: str = "linear", num_steps: int = 1000, *, beta_start: fl
             posterior_log_variance_clipped=f32(np.log(np.append(post_var[1], post_var[1:]))),
             posterior_mean_coef1=f32(betas * np.sqrt(ab_prev) / (1.0 - ab)),
             posterior_mean_coef2=f32((1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab)))
+
+
+ZERO_SNR_ALPHA_CUMPROD = 2.0 ** -24  # ᾱ_{T−1} after rescaling at most: no signal, finite log SNR
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Lin et al. 2024, Algorithm 1: √ᾱ_t shifted and scaled so that √ᾱ_0 keeps its value and √ᾱ_{T−1} = 0.
+
+    Schedules such as SD's leave signal at t = T−1 (ᾱ = 0.0047 for scaled_linear: √ᾱ = 0.07), so the model
+    learns to read the image's coarse layout from x_{T−1}, which sampling from pure noise never gives it. With
+    zero terminal SNR the last step is the prompt alone. ᾱ_{T−1} becomes 2^−24 (or half of ᾱ_{T−2} if that is
+    smaller, so that ᾱ keeps falling), not 0, so that log SNR and the ε→x0 conversion stay finite (diffusers
+    uses 2^−24 in its Euler samplers); use v- or x0-prediction, since an ε-prediction carries no information
+    about x0 there."""
+    root = np.sqrt(np.cumprod(1.0 - np.asarray(betas, np.float64)))
+    first, last = root[0], root[-1]
+    ab = ((root - last) * first / (first - last)) ** 2
+    ab[-1] = min(ZERO_SNR_ALPHA_CUMPROD, ab[-2] / 2)
+    return 1.0 - np.append(ab[0], ab[1:] / ab[:-1])
 
 
 def _at_shape(v, x: jax.Array) -> jax.Array:

@@ -44,6 +44,23 @@ def test_linear_and_scaled_linear_schedules():
     np.testing.assert_allclose(np.sqrt(sl["betas"]), np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000), rtol=1e-6)
 
 
+def test_zero_terminal_snr_rescales_root_alpha_bar_affinely_to_zero_at_the_last_step():
+    kw = dict(beta_start=0.00085, beta_end=0.012)
+    root = np.sqrt(_np(D.make_schedule("scaled_linear", T, **kw))["alphas_cumprod"])
+    z = _np(D.make_schedule("scaled_linear", T, zero_terminal_snr=True, **kw))
+    # Lin et al.'s Algorithm 1 in float64: √ᾱ shifted by its last value, scaled to keep its first.
+    expected = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    np.testing.assert_allclose(np.sqrt(z["alphas_cumprod"][:-1]), expected[:-1], rtol=1e-4, atol=1e-7)
+    assert z["alphas_cumprod"][-1] == pytest.approx(2.0 ** -24)   # zero signal, finite log SNR
+    assert root[-1] == pytest.approx(0.068, abs=0.001)             # what SD's schedule leaves at t = T-1
+    np.testing.assert_allclose(z["alphas_cumprod"], np.cumprod(1 - z["betas"]), rtol=1e-4, atol=1e-12)
+    for kind in ("linear", "cosine", "scaled_linear"):  # the linear one's ᾱ_{T−2} is already below 2^−24
+        z = _np(D.make_schedule(kind, T, zero_terminal_snr=True))
+        assert all(np.isfinite(v).all() for v in z.values()), kind
+        assert (np.diff(z["alphas_cumprod"]) < 0).all() and (z["betas"] > 0).all() and (z["betas"] <= 1).all(), kind
+        assert 0 < z["alphas_cumprod"][-1] <= 2.0 ** -24, kind
+
+
 def test_a_schedule_first_built_inside_a_trace_is_concrete_and_reusable_outside_it():
     # A task caches its schedule; the first read may come from inside the jitted train step.
     box = {}
