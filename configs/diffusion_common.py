@@ -27,7 +27,8 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
         min_snr_gamma=0.0,      # > 0: Min-SNR-γ loss weights (5 is the paper's)
         timesteps="uniform",    # t ~ U{0..T-1} (DDPM) | "log_snr_normal": log SNR_t ~ N(log_snr_mean, log_snr_std²)
         log_snr_mean=1.0, log_snr_std=2.4,  # EDM's noise-level distribution (ln σ ~ N(-1.2, 1.2²), σ_data 0.5)
-        variance="fixed_small"))  # ancestral sampling's σ_t²: "fixed_small" (β̃_t) | "fixed_large" (β_t)
+        variance="fixed_small",  # ancestral sampling's σ_t²: "fixed_small" (β̃_t) | "fixed_large" (β_t)
+        zero_terminal_snr=False))  # rescale the schedule to ᾱ_{T-1} ≈ 0 (Lin et al. 2024; needs v or x0)
     c.conditioning = ConfigDict(dict(
         kind="text",        # "text" (captions, cross-attention) | "class" (colour x shape label) | "none"
         dropout=0.1))       # conditioning dropout: trains the unconditional mode guidance needs
@@ -36,7 +37,9 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
         dtype="float32",
         denoiser="unet",    # "unet" | "dit" (model.dit)
         dit=ConfigDict(dict(patch_size=2, width=128, depth=4, num_heads=4)),
-        unet=ConfigDict(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), num_heads=4, dropout=0.0)),
+        # pooled_context: the prompt's mean token feature is added to the time embedding too (text only).
+        unet=ConfigDict(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), num_heads=4, dropout=0.0,
+                             pooled_context=False)),
         # The prompt model trains with the denoiser; text.run = a contrastive run (configs/siglip_shapes.py)
         # uses that run's text tower, frozen, and its tokenizer instead (the other text fields are then unused).
         text=ConfigDict(dict(width=64, depth=2, num_heads=4, mlp_dim=128, run=""))))
@@ -65,7 +68,7 @@ def apply_common_variant(c: ConfigDict, arg: str) -> bool:
         c.model.denoiser = "dit"
     elif arg == "tiny":
         tiny_run(c)
-        c.model.unet = ConfigDict(dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), num_heads=2,
+        c.model.unet.update(dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), num_heads=2,
                                        dropout=0.0))
         c.model.text.update(dict(width=16, depth=1, num_heads=2, mlp_dim=32))
         c.model.dit = ConfigDict(dict(patch_size=4, width=16, depth=1, num_heads=2))

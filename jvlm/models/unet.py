@@ -36,6 +36,14 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
     return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
 
 
+def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """[B, L, D] -> [B, D]: the mean over positions where mask [B, L] is True (zeros where none is)."""
+    if mask is None:
+        return x.mean(axis=1)
+    m = mask[..., None].astype(x.dtype)
+    return (x * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+
+
 def _dense(features: int, dtype, name: str, zero: bool = False) -> nn.Dense:
     init = nn.initializers.zeros_init() if zero else nn.initializers.xavier_uniform()
     return nn.Dense(features, dtype=dtype, name=name, kernel_init=dense_init(("embed", "mlp"), init),
@@ -86,6 +94,10 @@ class UNet(nn.Module):
     attn_levels: Sequence[int] = (1, 2)   # levels (0 = full resolution) with transformer blocks
     num_heads: int = 4
     context_dim: int = 0                  # > 0: cross-attention to a [B, L, context_dim] context
+    # Also add the context's masked mean, projected, to the time embedding, so that every ResBlock at every
+    # resolution sees the prompt (Imagen's pooled text embedding; SDXL adds CLIP's pooled one), not only the
+    # levels with cross-attention.
+    pooled_context: bool = False
     num_classes: int = 0                  # > 0: class-conditional; label num_classes is the null class
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
@@ -104,6 +116,10 @@ class UNet(nn.Module):
         temb_dim = 4 * self.ch
         temb = _dense(temb_dim, self.dtype, "temb1")(timestep_embedding(t, self.ch).astype(self.dtype))
         temb = _dense(temb_dim, self.dtype, "temb2")(nn.swish(temb))
+        if self.pooled_context:
+            if context is None:
+                raise ValueError("pooled_context needs a text-conditional UNet (context_dim > 0)")
+            temb = temb + _dense(temb_dim, self.dtype, "pooled_context")(masked_mean(context, context_mask))
         if self.num_classes:
             table = self.param("class_embedding", nn.with_logical_partitioning(
                 nn.initializers.normal(0.02), ("vocab", "embed")), (self.num_classes + 1, temb_dim))

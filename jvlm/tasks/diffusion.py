@@ -61,6 +61,9 @@ class DiffusionTask(Task):
         if d.timesteps == "log_snr_normal" and not d.log_snr_std > 0:
             raise ConfigError(f"config.diffusion.log_snr_std={d.log_snr_std} must be > 0.")
         check_choice("diffusion.variance", d.variance, D.VARIANCES)
+        if d.get("zero_terminal_snr") and d.prediction == "epsilon":
+            raise ConfigError("config.diffusion.zero_terminal_snr leaves no signal at t = T-1, where an ε-prediction "
+                              "says nothing about the image; set diffusion.prediction='v' (as Lin et al. do) or 'x0'.")
         check_choice("conditioning.kind", cond.kind, CONDITIONINGS)
         check_choice("sample.sampler", s.sampler, SAMPLERS)
         check_choice("model.denoiser", c.model.get("denoiser", "unet"), ("unet", "dit"))
@@ -76,6 +79,9 @@ class DiffusionTask(Task):
                           r["guidance_rescale"])
         except ValueError as e:
             raise ConfigError(f"config.sample: {e}") from None
+        if c.model.get("denoiser", "unet") == "unet" and c.model.unet.get("pooled_context") and cond.kind != "text":
+            raise ConfigError(f"config.model.unet.pooled_context pools the prompt's token features, but "
+                              f"conditioning.kind={cond.kind!r} has none; set it to False or use kind 'text'.")
         if c.model.get("denoiser", "unet") == "unet":
             f, what = 2 ** (len(c.model.unet.ch_mult) - 1), f"the UNet's downsampling (model.unet.ch_mult={tuple(c.model.unet.ch_mult)})"
         else:
@@ -93,7 +99,8 @@ class DiffusionTask(Task):
     @functools.cached_property
     def schedule(self) -> D.Schedule:  # built once, not at every trace that reads it
         d = self.config.diffusion
-        return D.make_schedule(d.schedule, d.num_train_steps, beta_start=d.beta_start, beta_end=d.beta_end)
+        return D.make_schedule(d.schedule, d.num_train_steps, beta_start=d.beta_start, beta_end=d.beta_end,
+                               zero_terminal_snr=d.get("zero_terminal_snr", False))
 
     @property
     def denoiser(self) -> UNet | DiT:
@@ -108,7 +115,8 @@ class DiffusionTask(Task):
                        num_heads=d.num_heads, **cond)
         u = c.model.unet
         return UNet(out_channels=self.channels, ch=u.ch, ch_mult=tuple(u.ch_mult), num_res_blocks=u.num_res_blocks,
-                    attn_levels=tuple(u.attn_levels), num_heads=u.num_heads, dropout=u.dropout, **cond)
+                    attn_levels=tuple(u.attn_levels), num_heads=u.num_heads, dropout=u.dropout,
+                    pooled_context=u.get("pooled_context", False), **cond)
 
     @property
     def text_encoder(self) -> TextTransformer:

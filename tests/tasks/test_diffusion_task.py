@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from helpers import random_inception_weights, run_cli
 from PIL import Image
 
 from jvlm.config import ConfigError, load_config
 from jvlm.eval.generation_metrics import frechet_distance
-from jvlm.models.unet import UNet
+from jvlm.models.unet import UNet, masked_mean
 from jvlm.tasks.diffusion import _class_of
 from jvlm.train import loop
 from jvlm.train.metrics import read_metrics
@@ -103,6 +104,8 @@ def test_config_errors_name_the_fix():
         loop.build(load_config(DDPM, ["--config.conditioning.kind=none"]), None, devices=jax.devices()[:1])
     with pytest.raises(ConfigError, match="schedule has 100"):
         loop.build(load_config(DDPM, ["--config.sample.steps=500"]), None, devices=jax.devices()[:1])
+    with pytest.raises(ConfigError, match=r"zero_terminal_snr .* set diffusion.prediction='v'"):
+        loop.build(load_config(DDPM, ["--config.diffusion.zero_terminal_snr=True"]), None, devices=jax.devices()[:1])
     with pytest.raises(ConfigError, match=r"sample: guidance_rescale=2.0 is a mixing weight"):
         loop.build(load_config(DDPM, ["--config.sample.guidance_rescale=2.0"]), None, devices=jax.devices()[:1])
     cfg = load_config("configs/ddpm_shapes.py:tiny,class", ["--config.eval.inception_weights=/nowhere/inception.npz"])
@@ -121,6 +124,32 @@ def test_unet_starts_at_zero_and_checks_its_inputs():
         net.apply({"params": params}, jnp.ones((2, 7, 7, 3)), t, context=ctx, context_mask=mask)
     with pytest.raises(ValueError, match="pass `context`"):
         net.apply({"params": params}, x, t)
+
+
+def test_pooled_context_reaches_the_time_embedding():
+    x = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
+    mask = jnp.array([[1, 1, 0], [0, 0, 0]], bool)
+    np.testing.assert_allclose(masked_mean(x, mask), [[1.0, 2.0], [0.0, 0.0]])  # padding ignored; none valid -> 0
+    net = UNet(out_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), num_heads=2, context_dim=4,
+               pooled_context=True)
+    x_t, t = jnp.ones((2, 8, 8, 3)), jnp.array([0, 5])
+    ctx, mask = jax.random.normal(jax.random.key(1), (2, 3, 4)), jnp.ones((2, 3), bool)
+    params = net.init(jax.random.key(0), x_t, t, context=ctx, context_mask=mask)["params"]
+    assert params["pooled_context"]["kernel"].value.shape == (4, 32)  # context width -> the time embedding's
+    out = lambda p, c: net.apply({"params": p}, x_t, t, context=c, context_mask=mask)  # noqa: E731
+    # The pooled prompt moves every ResBlock: on perturbed weights (zero-initialized output layers block every path
+    # at init) with the only cross-attention (the middle block's) switched off, the prompt still changes the output.
+    params = nn.unbox(params)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = jax.tree.unflatten(tree, [v + 0.1 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+    params["mid_attn"]["cross_attn"]["out"]["kernel"] = jnp.zeros_like(params["mid_attn"]["cross_attn"]["out"]["kernel"])
+    g = jax.grad(lambda p: out(p, ctx).sum())(params)
+    assert float(jnp.abs(g["pooled_context"]["kernel"]).max()) > 0
+    assert float(jnp.abs(out(params, ctx) - out(params, ctx + 1.0)).max()) > 1e-4
+    with pytest.raises(ConfigError, match="pooled_context pools the prompt"):
+        loop.build(load_config("configs/ddpm_shapes.py:tiny,class", ["--config.model.unet.pooled_context=True"]), None,
+                   devices=jax.devices()[:1])
 
 
 def test_dit_denoiser_in_the_task_starts_as_identity_blocks_and_learns():
