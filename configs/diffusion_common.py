@@ -69,7 +69,7 @@ def apply_common_variant(c: ConfigDict, arg: str) -> bool:
     elif arg == "tiny":
         tiny_run(c)
         c.model.unet.update(dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), num_heads=2,
-                                       dropout=0.0))
+                                 dropout=0.0))
         c.model.text.update(dict(width=16, depth=1, num_heads=2, mlp_dim=32))
         c.model.dit = ConfigDict(dict(patch_size=4, width=16, depth=1, num_heads=2))
         c.diffusion.num_train_steps = 100

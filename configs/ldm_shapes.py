@@ -26,7 +26,7 @@ def get_config(arg: str = "") -> ConfigDict:
     # 8x8 latents: two levels (8x8, 4x4); self- and cross-attention at 4x4 (and in the middle block). Attention
     # at 8x8 too, and two blocks per level, cost 2.9x the FLOPs (1256 ms per step).
     c.model.unet.update(dict(ch=48, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), num_heads=4,
-                                   dropout=0.0))
+                             dropout=0.0))
     # Stable Diffusion's noise schedule and v-prediction (SD 2's): more of the training steps at the noise levels
     # where an object's shape is decided than DDPM's linear schedule, whose last third is nearly pure noise.
     c.diffusion.update(dict(schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction="v"))
