@@ -52,7 +52,6 @@ def main(argv=None) -> None:
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     settings = sampling_settings(config.sample, args.sampler, args.steps, args.guidance, args.eta, args.guidance_rescale)
-    sampler, steps, guidance, eta, rescale = settings.values()
     conditional = config.conditioning.kind != "none"
     prompts = args.prompt or ([""] if not conditional else [])
     if not prompts:
@@ -60,22 +59,24 @@ def main(argv=None) -> None:
     if args.num < 1:
         sys.exit(f"error: --num must be at least 1, got {args.num}")
     try:  # every check before anything compiles
-        check_request(config.diffusion.num_train_steps, sampler, steps, guidance, conditional, rescale)
-        if guidance != 1.0 and config.conditioning.dropout == 0.0:
-            raise ValueError(f"guidance={guidance} needs a model trained with conditioning dropout; this run's "
-                             f"conditioning.dropout is 0: use --guidance 1")
+        check_request(config.diffusion.num_train_steps, settings.sampler, settings.steps, settings.guidance,
+                      conditional, settings.guidance_rescale)
+        if settings.guidance != 1.0 and config.conditioning.dropout == 0.0:
+            raise ValueError(f"guidance={settings.guidance} needs a model trained with conditioning dropout; this "
+                             f"run's conditioning.dropout is 0: use --guidance 1")
         config.eval.judge = ""  # sampling needs no judge
         task = DiffusionTask(config, args.workdir, None)
         task.setup()
         task.encode_prompts(prompts + ([args.negative_prompt] if args.negative_prompt is not None else []))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    out = args.out or os.path.join(args.workdir, "samples", f"{_slug(prompts[0])}_{sampler}{steps}_g{guidance:g}.png")
+    name = f"{_slug(prompts[0])}_{settings.sampler}{settings.steps}_g{settings.guidance:g}.png"
+    out = args.out or os.path.join(args.workdir, "samples", name)
     if os.path.exists(out):
         sys.exit(f"error: {out} exists; remove it or pass --out (samples are never overwritten)")
     step, params = load_params(args.workdir, ema=True)
     rng = jax.random.key(args.seed)
-    kw = dict(negative_prompt=args.negative_prompt, **settings)
+    kw = dict(negative_prompt=args.negative_prompt, **settings._asdict())
     all_prompts = [p for p in prompts for _ in range(args.num)]
     t0 = time.perf_counter()
     task.generate(params["main"], all_prompts[:1] * len(all_prompts), rng, **kw)  # compile (same shapes)
@@ -84,9 +85,8 @@ def main(argv=None) -> None:
     images = task.generate(params["main"], all_prompts, rng, **kw)
     sample_s = time.perf_counter() - t0
     save_grid(out, [images[i * args.num:(i + 1) * args.num] for i in range(len(prompts))])
-    print(json.dumps({"out": out, "checkpoint_step": step, "sampler": sampler, "steps": steps, "guidance": guidance,
-                      "guidance_rescale": rescale, "images": len(images), "compile_s": round(compile_s, 2),
-                      "sample_s": round(sample_s, 3),
+    print(json.dumps({"out": out, "checkpoint_step": step, **settings._asdict(), "images": len(images),
+                      "compile_s": round(compile_s, 2), "sample_s": round(sample_s, 3),
                       "s_per_image": round(sample_s / len(images), 4), "backend": jax.default_backend()}))
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,8 +75,7 @@ class DiffusionTask(Task):
                               f"or sample.guidance=1.")
         try:
             r = sampling_settings(s)
-            check_request(d.num_train_steps, r["sampler"], r["steps"], r["guidance"], cond.kind != "none",
-                          r["guidance_rescale"])
+            check_request(d.num_train_steps, r.sampler, r.steps, r.guidance, cond.kind != "none", r.guidance_rescale)
         except ValueError as e:
             raise ConfigError(f"config.sample: {e}") from None
         if c.model.get("denoiser", "unet") == "unet" and c.model.unet.get("pooled_context") and cond.kind != "text":
@@ -336,19 +335,19 @@ class DiffusionTask(Task):
                    eta: float | None = None, guidance_rescale: float | None = None):
         """Jitted (params, x_T, rng, cond, uncond) -> images in [-1, 1]; the whole loop is one program."""
         r = sampling_settings(self.config.sample, sampler, steps, guidance, eta, guidance_rescale)
-        sampler, steps, guidance, eta, rescale = r.values()
         conditional = self.config.conditioning.kind != "none"
-        check_request(self.config.diffusion.num_train_steps, sampler, steps, guidance, conditional, rescale)
-        key = tuple(r.values())
+        check_request(self.config.diffusion.num_train_steps, r.sampler, r.steps, r.guidance, conditional,
+                      r.guidance_rescale)
+        key = tuple(r)
         cache = self.__dict__.setdefault("_samplers", {})
         if key not in cache:
             schedule, d = self.schedule, self.config.diffusion
 
             def run(p, x_T, rng, cond, uncond):
-                x0 = sample(schedule, lambda x, t, cd: self.denoise(p, x, t, cd or {}), x_T, rng, sampler=sampler,
-                            num_steps=steps, eta=eta, guidance=guidance, cond=cond if conditional else None,
-                            uncond=uncond if guidance != 1.0 else None, prediction=d.prediction,
-                            variance=d.variance, clip_x0=self.codec is None, guidance_rescale=rescale)
+                x0 = sample(schedule, lambda x, t, cd: self.denoise(p, x, t, cd or {}), x_T, rng, sampler=r.sampler,
+                            num_steps=r.steps, eta=r.eta, guidance=r.guidance, cond=cond if conditional else None,
+                            uncond=uncond if r.guidance != 1.0 else None, prediction=d.prediction,
+                            variance=d.variance, clip_x0=self.codec is None, guidance_rescale=r.guidance_rescale)
                 return jnp.clip(self.from_x0(x0), -1.0, 1.0)
             cache[key] = jax.jit(run)
         return cache[key]
@@ -433,14 +432,23 @@ class DiffusionTask(Task):
         return out
 
 
+class SamplingSettings(NamedTuple):
+    sampler: str
+    steps: int
+    guidance: float
+    eta: float
+    guidance_rescale: float
+
+
 def sampling_settings(s, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-                      eta: float | None = None, guidance_rescale: float | None = None) -> dict:
+                      eta: float | None = None, guidance_rescale: float | None = None) -> SamplingSettings:
     """The run's `sample` settings with the given overrides (None, or an empty sampler / 0 steps, keeps the
-    run's), in the order sampler, steps, guidance, eta, guidance_rescale."""
-    return dict(sampler=sampler or s.sampler, steps=steps or s.steps,
-                guidance=s.guidance if guidance is None else guidance, eta=s.eta if eta is None else eta,
-                # runs saved before the key existed sampled without rescaling
-                guidance_rescale=s.get("guidance_rescale", 0.0) if guidance_rescale is None else guidance_rescale)
+    run's)."""
+    return SamplingSettings(
+        sampler=sampler or s.sampler, steps=steps or s.steps, guidance=s.guidance if guidance is None else guidance,
+        eta=s.eta if eta is None else eta,
+        # runs saved before the key existed sampled without rescaling
+        guidance_rescale=s.get("guidance_rescale", 0.0) if guidance_rescale is None else guidance_rescale)
 
 
 def _class_of(prompt: str) -> int | None:
