@@ -28,7 +28,10 @@ def diffusion_config(*, total_steps: int, batch_size: int, learning_rate: float)
         timesteps="uniform",    # t ~ U{0..T-1} (DDPM) | "log_snr_normal": log SNR_t ~ N(log_snr_mean, log_snr_std²)
         log_snr_mean=1.0, log_snr_std=2.4,  # EDM's noise-level distribution (ln σ ~ N(-1.2, 1.2²), σ_data 0.5)
         variance="fixed_small",  # ancestral sampling's σ_t²: "fixed_small" (β̃_t) | "fixed_large" (β_t)
-        zero_terminal_snr=False))  # rescale the schedule to ᾱ_{T-1} ≈ 0 (Lin et al. 2024; needs v or x0)
+        zero_terminal_snr=False,   # rescale the schedule to ᾱ_{T-1} ≈ 0 (Lin et al. 2024; needs v or x0)
+        # Self-conditioning (Chen et al. 2022): the denoiser also reads its previous x0 estimate (trained on half
+        # of the batches, which cost one more forward pass); sampling feeds it the previous step's, at no cost.
+        self_condition=False))
     c.conditioning = ConfigDict(dict(
         kind="text",        # "text" (captions, cross-attention) | "class" (colour x shape label) | "none"
         dropout=0.1))       # conditioning dropout: trains the unconditional mode guidance needs

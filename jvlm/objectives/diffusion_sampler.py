@@ -10,7 +10,8 @@ on [x; x] with [cond; uncond] and uses u + g·(c − u) (Ho & Salimans 2022); `u
 the model was trained with under conditioning dropout, or a negative prompt's. guidance_rescale φ > 0
 (diffusers' `guidance_rescale`; Lin et al. 2023, eq. 15-16) scales that guided output to the conditional
 output's standard deviation, mixed with weight φ: large g inflates it, and the inflated latents decode to
-over-saturated blobs.
+over-saturated blobs. With self_condition=True, `denoise(x_t, t, cond, x0_prev)` also reads the x0 estimate
+of the previous step's (guided) output, zeros at the first step (Chen et al. 2022's self-conditioning).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def rescale_guidance(guided: jax.Array, cond_out: jax.Array, phi: float) -> jax.
 def sample(schedule: D.Schedule, denoise: Callable, x_T: jax.Array, rng: jax.Array, *, sampler: str = "ddim",
            num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0, cond: Any = None, uncond: Any = None,
            prediction: str = "epsilon", variance: str = "fixed_small", clip_x0: bool = False,
-           spacing: str | None = None, guidance_rescale: float = 0.0) -> jax.Array:
+           spacing: str | None = None, guidance_rescale: float = 0.0, self_condition: bool = False) -> jax.Array:
     """Runs the reverse process from x_T to x0 with `num_steps` steps; traceable (call it under jit).
     spacing: of the timesteps (see `timesteps`); default "logsnr" for dpm++2m, else "linspace"."""
     T = schedule.num_steps
@@ -99,28 +100,36 @@ def sample(schedule: D.Schedule, denoise: Callable, x_T: jax.Array, rng: jax.Arr
     t_last = np.append(-1, ts[:-1]).astype(np.int32)   # the timestep of the previous model call
     batch = x_T.shape[0]
 
-    def model_output(x, t):
+    def call(x, tb, c, x0_prev):
+        return denoise(x, tb, c, x0_prev) if self_condition else denoise(x, tb, c)
+
+    def model_output(x, t, x0_prev):
         tb = jnp.full((batch,), t, jnp.int32)
         if guidance == 1.0:
-            return denoise(x, tb, cond)
+            return call(x, tb, cond, x0_prev)
         both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
-        out = denoise(jnp.concatenate([x, x]), jnp.concatenate([tb, tb]), both)
+        # Both halves read the same estimate: the guided x0 the sampler is following.
+        out = call(jnp.concatenate([x, x]), jnp.concatenate([tb, tb]), both, jnp.concatenate([x0_prev, x0_prev]))
         c, u = jnp.split(out, 2)
         guided = u + guidance * (c - u)
         return rescale_guidance(guided, c, guidance_rescale) if guidance_rescale else guided
 
     def body(carry, step):
-        x, last_x0, rng = carry
+        x, last_x0, rng, x0_prev = carry
         t, tp, tl = step
         rng, key = jax.random.split(rng)
-        out = model_output(x, t)
+        out = model_output(x, t, x0_prev)
+        if self_condition:
+            x0_prev, _ = D.predict_x0_eps(schedule, x, jnp.full((batch,), t), out, prediction)
+            x0_prev = jnp.clip(x0_prev, -1.0, 1.0) if clip_x0 else x0_prev
         if sampler == "ddpm":
             x = D.ddpm_step(schedule, x, t, out, key, prediction, variance, clip_x0)
         elif sampler == "ddim":
             x = D.ddim_step(schedule, x, t, tp, out, eta, key if eta else None, prediction, clip_x0)
         else:
             x, last_x0 = D.dpmpp_2m_step(schedule, x, t, tp, out, last_x0, tl, prediction)
-        return (x, last_x0, rng), None
+        return (x, last_x0, rng, x0_prev), None
 
-    (x, _, _), _ = jax.lax.scan(body, (x_T, jnp.zeros_like(x_T), rng), (ts, t_prev, t_last))
+    zeros = jnp.zeros_like(x_T)
+    (x, _, _, _), _ = jax.lax.scan(body, (x_T, zeros, rng, zeros), (ts, t_prev, t_last))
     return x

@@ -8,6 +8,8 @@ Training (Ho et al. 2020, Algorithm 1): x0 = images in [-1, 1] (or the autoencod
 loss = weight(t) * ‖output − target‖² (ε, x0 or v). Conditioning dropout (`conditioning.dropout`) replaces
 the caption with the empty one (or the label with the null class) so the same network is also the
 unconditional model classifier-free guidance needs. Sampling uses the EMA parameters when the run keeps them (`ema_decay`).
+With `diffusion.self_condition` the denoiser also reads an x0 estimate stacked on its input's channels: its own,
+gradient-stopped, on half of the training batches (zeros on the rest), the previous step's when sampling.
 
 Evaluation writes samples/samples_<step>.png (one row per prompt), `eval/bits_per_dim` (the variational
 bound on held-out images, pixel space, `eval.nll_examples` > 0) and, with a judge (`eval.judge`, a
@@ -208,6 +210,8 @@ class DiffusionTask(Task):
     def init(self, rng):
         c = self.config
         x = jnp.zeros((1,) + self.sample_shape)
+        if self.self_conditioning:  # the denoiser reads [x_t, x0 estimate] stacked on channels
+            x = jnp.concatenate([x, x], axis=-1)
         t = jnp.zeros((1,), jnp.int32)
         params = {}
         kwargs = {}
@@ -237,8 +241,20 @@ class DiffusionTask(Task):
             return {"label": jnp.full((batch_size,), len(shapes.class_names()), jnp.int32)}
         return {}
 
-    def denoise(self, p: dict, x_t, t, cond: dict, train: bool = False, rng=None):
-        """The model output at (x_t, t) under a condition {"text": tokens} / {"label": ids} / {}."""
+    @property
+    def self_conditioning(self) -> bool:
+        return bool(self.config.diffusion.get("self_condition", False))
+
+    def x0_estimate(self, x_t, t, model_output) -> jax.Array:
+        """The x0 a model output implies (clipped to the pixel range in pixel space, as the samplers clip it)."""
+        x0 = D.predict_x0_eps(self.schedule, x_t, t, model_output, self.config.diffusion.prediction)[0]
+        return x0 if self.codec is not None else jnp.clip(x0, -1.0, 1.0)
+
+    def denoise(self, p: dict, x_t, t, cond: dict, train: bool = False, rng=None, x0_prev=None):
+        """The model output at (x_t, t) under a condition {"text": tokens} / {"label": ids} / {}. A
+        self-conditioning model also reads `x0_prev`, its previous x0 estimate (None: zeros, "no estimate")."""
+        if self.self_conditioning:
+            x_t = jnp.concatenate([x_t, jnp.zeros_like(x_t) if x0_prev is None else x0_prev], axis=-1)
         kwargs = {}
         if "text" in cond:
             tokens = cond["text"]
@@ -276,7 +292,17 @@ class DiffusionTask(Task):
             drop = jax.random.bernoulli(k_drop, c.conditioning.dropout, (b,))
             null = self.null_condition(b)
             cond = {k: jnp.where(drop.reshape((b,) + (1,) * (v.ndim - 1)), null[k], v) for k, v in cond.items()}
-        out = self.denoise(p, D.q_sample(self.schedule, x0, t, noise), t, cond, train=True, rng=k_model)
+        x_t = D.q_sample(self.schedule, x0, t, noise)
+        x0_prev = None
+        if self.self_conditioning:
+            # Self-conditioning (Chen et al. 2022, "Analog Bits"): on half of the batches the model first estimates
+            # x0 without an estimate, and then trains on reading that estimate (gradient-stopped), as the sampler
+            # feeds it the previous step's. lax.cond runs the extra forward pass only on those batches.
+            def estimate(_):
+                return jax.lax.stop_gradient(self.x0_estimate(x_t, t, self.denoise(p, x_t, t, cond)))
+            x0_prev = jax.lax.cond(jax.random.bernoulli(jax.random.fold_in(rng, 5)), estimate,
+                                   lambda _: jnp.zeros_like(x0), None)
+        out = self.denoise(p, x_t, t, cond, train=True, rng=k_model, x0_prev=x0_prev)
         per_example = D.diffusion_loss(self.schedule, out, x0, noise, t, d.prediction, d.min_snr_gamma)
         return LossOutput(jnp.mean(per_example), {"x0_std": jnp.std(x0)})
 
@@ -344,7 +370,9 @@ class DiffusionTask(Task):
             schedule, d = self.schedule, self.config.diffusion
 
             def run(p, x_T, rng, cond, uncond):
-                x0 = sample(schedule, lambda x, t, cd: self.denoise(p, x, t, cd or {}), x_T, rng, sampler=r.sampler,
+                def denoise(x, t, cd, x0_prev=None):
+                    return self.denoise(p, x, t, cd or {}, x0_prev=x0_prev)
+                x0 = sample(schedule, denoise, x_T, rng, sampler=r.sampler, self_condition=self.self_conditioning,
                             num_steps=r.steps, eta=r.eta, guidance=r.guidance, cond=cond if conditional else None,
                             uncond=uncond if r.guidance != 1.0 else None, prediction=d.prediction,
                             variance=d.variance, clip_x0=self.codec is None, guidance_rescale=r.guidance_rescale)

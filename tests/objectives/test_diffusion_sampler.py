@@ -109,6 +109,33 @@ def test_guidance_rescale_matches_each_example_to_the_conditional_spread():
     assert spread(run(0.0)) > 2.5 * spread(run(1.0)) and spread(run(1.0)) == pytest.approx(spread(oc), rel=1e-3)
 
 
+def test_self_conditioning_feeds_each_step_the_previous_guided_x0_estimate():
+    s = D.make_schedule("linear", 1000)
+    x_T = jax.random.normal(jax.random.key(6), (4, 5))
+    cond, null = jnp.ones((4, 5)), jnp.zeros((4, 5))
+    seen = []
+
+    def denoise(x, t, c, x0_prev):  # an ε-prediction that leans on its previous estimate
+        return 0.3 * x + 0.5 * x0_prev + c
+
+    def reference():  # the loop written out: zeros first, then the x0 of the previous step's guided output
+        x, x0_prev = x_T, jnp.zeros_like(x_T)
+        ts = timesteps(1000, 5)
+        for t, tp in zip(ts, list(ts[1:]) + [-1]):
+            c, u = denoise(x, t, cond, x0_prev), denoise(x, t, null, x0_prev)
+            seen.append(x0_prev)
+            out = u + 2.0 * (c - u)
+            x0_prev = D.predict_x0_eps(s, x, t, out)[0]
+            x = D.ddim_step(s, x, t, tp, out)
+        return x
+
+    run = lambda sc: sample(s, denoise if sc else lambda x, t, c: denoise(x, t, c, 0.0), x_T,  # noqa: E731
+                            jax.random.key(0), num_steps=5, guidance=2.0, cond=cond, uncond=null, self_condition=sc)
+    np.testing.assert_allclose(run(True), reference(), rtol=1e-4, atol=1e-4)
+    assert float(jnp.abs(seen[0]).max()) == 0 and float(jnp.abs(seen[1]).max()) > 0
+    assert float(jnp.abs(run(True) - run(False)).max()) > 1e-3  # the estimate reaches the model
+
+
 def test_bad_requests_fail_with_the_fix():
     assert list(timesteps(1000, 4)) == [999, 666, 333, 0]
     ab = np.asarray(D.make_schedule("linear", 1000).alphas_cumprod)

@@ -171,6 +171,31 @@ def test_dit_denoiser_in_the_task_starts_as_identity_blocks_and_learns():
     assert float(jnp.abs(g["block0"]["attn"]["query"]["kernel"]).max()) == 0  # gated off by adaLN-Zero at init
 
 
+def test_self_conditioning_trains_on_its_own_estimate_on_half_the_batches_and_samples():
+    cfg = load_config(DDPM, ["--config.diffusion.self_condition=True"])
+    task, _ = loop.build(cfg, None, devices=jax.devices()[:1])
+    task.setup()
+    params, _ = task.init(jax.random.key(0))
+    params = nn.unbox(params)["main"]
+    assert params["denoiser"]["conv_in"]["kernel"].shape[2] == 6  # [x_t, x0 estimate]
+    # Perturbed weights: at init the zero output layers would block every gradient.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = jax.tree.unflatten(tree, [v + 0.05 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+    batch = {k: jnp.asarray(v) for k, v in next(task.train_loader(0, (0, cfg.batch_size))).items() if k[0] != "_"}
+
+    class Ctx:
+        step, model_state, carry = jnp.int32(0), {}, {}
+    grad = jax.jit(jax.grad(lambda p, r: task.loss_fn({"main": p}, batch, r, Ctx()).loss))
+    # The estimate's input weights get gradient exactly on the batches that ran the first pass (an input of
+    # zeros gives none): about half of them.
+    reads = [float(jnp.abs(grad(params, jax.random.key(i))["denoiser"]["conv_in"]["kernel"][:, :, 3:]).max()) > 0
+             for i in range(12)]
+    assert 2 <= sum(reads) <= 10, reads
+    images = task.generate(params, ["a large red circle"] * 2, jax.random.key(3))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+
+
 def test_prompt_classes_and_frechet_distance():
     assert _class_of("a single large Red circle") == 0 and _class_of("a red circle and a blue star") is None
     rng = np.random.default_rng(0)
