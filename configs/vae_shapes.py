@@ -4,8 +4,10 @@ posterior), decoded to a discretized Gaussian over the 8-bit pixels; reports the
     python -m experiments.train --config configs/vae_shapes.py --workdir runs/vae_shapes
     python -m experiments.train --config configs/vae_shapes.py:tiny --workdir /tmp/vae   # seconds, for tests
 
-Variants (comma-separated, they compose): "" (default); "64px" (64x64 images, downsampling 8: 8x8x4
-latents); "tiny".
+Variants (comma-separated, they compose): "" (default); "ldm" (the first stage of configs/ldm_shapes.py:
+KL weight 0.1 and twice the steps); "64px" (64x64 images, downsampling 8: 8x8x4 latents); "tiny".
+
+    python -m experiments.train --config configs/vae_shapes.py:ldm --workdir runs/vae_shapes_ldm   # 8 minutes
 """
 
 from ml_collections import ConfigDict
@@ -26,9 +28,15 @@ def get_config(arg: str = "") -> ConfigDict:
 
 
 def _apply_variant(c: ConfigDict, arg: str) -> None:
-    if arg == "64px":
+    if arg == "ldm":
+        # Latents for a diffusion model, not the best ELBO: a lighter KL (LDM's KL-regularized autoencoders keep
+        # it light too) and twice the steps reconstruct large objects' shapes far better (judged on real images:
+        # 0.97 against 0.81), and the diffusion model draws them better (README, "What moved it").
+        c.model.beta = 0.1
+        c.total_steps, c.eval_every, c.checkpoint_every = 3600, 900, 900
+    elif arg == "64px":
         use_64px(c)
     elif arg == "tiny":
         use_tiny(c)
     else:
-        raise ValueError(f"unknown variant {arg!r} for vae_shapes; use '', '64px', 'tiny' (comma-separated to combine)")
+        raise ValueError(f"unknown variant {arg!r} for vae_shapes; use '', 'ldm', '64px', 'tiny' (comma-separated to combine)")

@@ -65,6 +65,15 @@ def test_a_wider_decoder_leaves_the_encoder_as_it_was():
         decoder_settings({"ch": 8, "ch_mult": (1, 2)}, {"ch_mult": (1, 2, 2)})
 
 
+def test_the_ldm_variant_changes_the_loss_and_the_length_not_the_network():
+    # ldm_shapes' per-step cost includes this encoder: the variant must keep the default's architecture.
+    default, ldm = load_config("configs/vae_shapes.py"), load_config("configs/vae_shapes.py:ldm")
+    assert ldm.model.beta == 0.1 and ldm.total_steps == 2 * default.total_steps
+    assert ldm.model.encoder.to_dict() == default.model.encoder.to_dict() and ldm.model.latent_channels == 4
+    assert load_config("configs/ldm_shapes.py").latent.run.endswith("vae_shapes_ldm")
+    assert load_config("configs/vae_shapes.py:ldm,tiny").model.beta == 0.1  # it composes with the test size
+
+
 def test_config_errors_and_kl_warmup():
     with pytest.raises(ConfigError, match="latent_channels must be >= 1"):
         build("model.latent_channels=0")
