@@ -139,6 +139,13 @@ def predict_x0_eps(s: Schedule, x_t: jax.Array, t, model_output: jax.Array,
     return a * x_t - sig * model_output, sig * x_t + a * model_output
 
 
+def predict_x0(s: Schedule, x_t: jax.Array, t, model_output: jax.Array, prediction: str = "epsilon",
+               clip: bool = False) -> jax.Array:
+    """The x0 implied by the model's output, clipped to the pixel range [-1, 1] when `clip` (pixel space)."""
+    x0, _ = predict_x0_eps(s, x_t, t, model_output, prediction)
+    return jnp.clip(x0, -1.0, 1.0) if clip else x0
+
+
 def training_target(s: Schedule, x0: jax.Array, noise: jax.Array, t, prediction: str = "epsilon") -> jax.Array:
     _check_prediction(prediction)
     if prediction == "epsilon":
@@ -196,9 +203,7 @@ def p_mean_variance(s: Schedule, x_t: jax.Array, t, model_output: jax.Array, pre
     β_t ("fixed_large"); the log-variance at t = 0 uses β̃_1 either way (finite; the decoder's scale)."""
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; use one of {VARIANCES}")
-    x0, _ = predict_x0_eps(s, x_t, t, model_output, prediction)
-    if clip_x0:
-        x0 = jnp.clip(x0, -1.0, 1.0)
+    x0 = predict_x0(s, x_t, t, model_output, prediction, clip_x0)
     mean, _, small_log = q_posterior(s, x0, x_t, t)
     if variance == "fixed_small":
         log_var = small_log

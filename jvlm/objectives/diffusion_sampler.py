@@ -120,8 +120,7 @@ def sample(schedule: D.Schedule, denoise: Callable, x_T: jax.Array, rng: jax.Arr
         rng, key = jax.random.split(rng)
         out = model_output(x, t, x0_prev)
         if self_condition:
-            x0_prev, _ = D.predict_x0_eps(schedule, x, jnp.full((batch,), t), out, prediction)
-            x0_prev = jnp.clip(x0_prev, -1.0, 1.0) if clip_x0 else x0_prev
+            x0_prev = D.predict_x0(schedule, x, t, out, prediction, clip_x0)
         if sampler == "ddpm":
             x = D.ddpm_step(schedule, x, t, out, key, prediction, variance, clip_x0)
         elif sampler == "ddim":

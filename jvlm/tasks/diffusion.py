@@ -247,8 +247,8 @@ class DiffusionTask(Task):
 
     def x0_estimate(self, x_t, t, model_output) -> jax.Array:
         """The x0 a model output implies (clipped to the pixel range in pixel space, as the samplers clip it)."""
-        x0 = D.predict_x0_eps(self.schedule, x_t, t, model_output, self.config.diffusion.prediction)[0]
-        return x0 if self.codec is not None else jnp.clip(x0, -1.0, 1.0)
+        return D.predict_x0(self.schedule, x_t, t, model_output, self.config.diffusion.prediction,
+                            clip=self.codec is None)
 
     def denoise(self, p: dict, x_t, t, cond: dict, train: bool = False, rng=None, x0_prev=None):
         """The model output at (x_t, t) under a condition {"text": tokens} / {"label": ids} / {}. A
