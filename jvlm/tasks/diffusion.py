@@ -69,6 +69,7 @@ class DiffusionTask(Task):
         check_choice("conditioning.kind", cond.kind, CONDITIONINGS)
         check_choice("sample.sampler", s.sampler, SAMPLERS)
         check_choice("model.denoiser", c.model.get("denoiser", "unet"), ("unet", "dit"))
+        unet = c.model.get("denoiser", "unet") == "unet"
         if not 0.0 <= cond.dropout < 1.0:
             raise ConfigError(f"config.conditioning.dropout={cond.dropout} must be in [0, 1).")
         if s.guidance != 1.0 and cond.kind != "none" and cond.dropout == 0.0:
@@ -80,10 +81,10 @@ class DiffusionTask(Task):
             check_request(d.num_train_steps, r.sampler, r.steps, r.guidance, cond.kind != "none", r.guidance_rescale)
         except ValueError as e:
             raise ConfigError(f"config.sample: {e}") from None
-        if c.model.get("denoiser", "unet") == "unet" and c.model.unet.get("pooled_context") and cond.kind != "text":
+        if unet and c.model.unet.get("pooled_context") and cond.kind != "text":
             raise ConfigError(f"config.model.unet.pooled_context pools the prompt's token features, but "
                               f"conditioning.kind={cond.kind!r} has none; set it to False or use kind 'text'.")
-        if c.model.get("denoiser", "unet") == "unet":
+        if unet:
             f, what = 2 ** (len(c.model.unet.ch_mult) - 1), f"the UNet's downsampling (model.unet.ch_mult={tuple(c.model.unet.ch_mult)})"
         else:
             f, what = c.model.dit.patch_size, "the DiT's model.dit.patch_size"
