@@ -23,6 +23,13 @@ from jvlm.train.metrics import read_metrics
 DDPM, LDM = "configs/ddpm_shapes.py:tiny", "configs/ldm_shapes.py:tiny"
 
 
+def perturbed(params, scale: float):
+    """Parameters plus Gaussian noise: at init the zero-initialized output layers block every gradient path."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    return jax.tree.unflatten(tree, [v + scale * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+
+
 @pytest.fixture(scope="module")
 def ddpm_run(tmp_path_factory, reference_run):
     judge, _ = reference_run
@@ -139,10 +146,7 @@ def test_pooled_context_reaches_the_time_embedding():
     out = lambda p, c: net.apply({"params": p}, x_t, t, context=c, context_mask=mask)  # noqa: E731
     # The pooled prompt moves every ResBlock: on perturbed weights (zero-initialized output layers block every path
     # at init) with the only cross-attention (the middle block's) switched off, the prompt still changes the output.
-    params = nn.unbox(params)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    params = jax.tree.unflatten(tree, [v + 0.1 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+    params = perturbed(nn.unbox(params), 0.1)
     params["mid_attn"]["cross_attn"]["out"]["kernel"] = jnp.zeros_like(params["mid_attn"]["cross_attn"]["out"]["kernel"])
     g = jax.grad(lambda p: out(p, ctx).sum())(params)
     assert float(jnp.abs(g["pooled_context"]["kernel"]).max()) > 0
@@ -178,10 +182,7 @@ def test_self_conditioning_trains_on_its_own_estimate_on_half_the_batches_and_sa
     params, _ = task.init(jax.random.key(0))
     params = nn.unbox(params)["main"]
     assert params["denoiser"]["conv_in"]["kernel"].shape[2] == 6  # [x_t, x0 estimate]
-    # Perturbed weights: at init the zero output layers would block every gradient.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    params = jax.tree.unflatten(tree, [v + 0.05 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+    params = perturbed(params, 0.05)
     batch = {k: jnp.asarray(v) for k, v in next(task.train_loader(0, (0, cfg.batch_size))).items() if k[0] != "_"}
 
     class Ctx:
