@@ -95,4 +95,7 @@ def _slug(text: str) -> str:
 
 
 if __name__ == "__main__":
+    from jvlm.host_malloc import relaunch_with_hugepages
+
+    relaunch_with_hugepages()  # huge pages for XLA:CPU's per-step buffers; see jvlm/host_malloc.py
     main()
