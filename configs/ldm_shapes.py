@@ -18,9 +18,10 @@ from configs.diffusion_common import apply_common_variant, diffusion_config
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    # Sized for under 20 minutes on 2 CPU cores: 5000 steps of 64 at ~177 ms (experiments.bench) and four evaluations.
-    # Shape is what takes long: colour is right from ~1000 steps, shape keeps improving to the end.
-    c = diffusion_config(total_steps=5000, batch_size=64, learning_rate=1e-3)
+    # Sized for under 20 minutes on 2 CPU cores: 6500 steps of 64 at ~137 ms each in the run (huge pages for
+    # XLA's buffers, jvlm/host_malloc.py; 177 ms without) and four evaluations took 16m28s. Shape is what takes
+    # long: colour is right from ~1000 steps, shape keeps improving to the end.
+    c = diffusion_config(total_steps=6500, batch_size=64, learning_rate=1e-3)
     c.latent.run = "runs/vae_shapes_ldm"  # vae_shapes.py:ldm: a lighter KL and longer training than vae_shapes' default
     c.eval.judge = "runs/siglip_judge32"  # a judge at the generator's resolution
     # 8x8 latents: two levels (8x8, 4x4); self- and cross-attention at 4x4 (and in the middle block). Attention
