@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jvlm.models.autoencoder import _conv, _norm
+from jvlm.models.autoencoder import _conv, _norm, downsampling_factor
 from jvlm.models.layers import Attention, Mlp, bias_init, dense_init, layer_norm
 
 Dtype = Any
@@ -105,7 +105,7 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x, t, context=None, context_mask=None, labels=None, train: bool = False):
         """x: [B, H, W, C] noisy inputs; t: int [B] -> model output [B, H, W, out_channels] (float32)."""
-        f = 2 ** (len(self.ch_mult) - 1)
+        f = downsampling_factor(self.ch_mult)
         if x.ndim != 4 or x.shape[1] % f or x.shape[2] % f:
             raise ValueError(f"the UNet expects [batch, height, width, channels] with height and width divisible by "
                              f"{f} (ch_mult={tuple(self.ch_mult)}), got shape {tuple(x.shape)}")

@@ -37,6 +37,7 @@ from jvlm.data.pipeline import StepIndexedLoader
 from jvlm.data.pixels import float_to_uint8, images_to_float
 from jvlm.data.tokenizer import Tokenizer, shapes_tokenizer
 from jvlm.eval.image_metrics import save_grid
+from jvlm.models.autoencoder import downsampling_factor
 from jvlm.models.dit import DiT
 from jvlm.models.text import TextTransformer
 from jvlm.models.unet import UNet
@@ -85,7 +86,7 @@ class DiffusionTask(Task):
             raise ConfigError(f"config.model.unet.pooled_context pools the prompt's token features, but "
                               f"conditioning.kind={cond.kind!r} has none; set it to False or use kind 'text'.")
         if unet:
-            f, what = 2 ** (len(c.model.unet.ch_mult) - 1), f"the UNet's downsampling (model.unet.ch_mult={tuple(c.model.unet.ch_mult)})"
+            f, what = downsampling_factor(c.model.unet.ch_mult), f"the UNet's downsampling (model.unet.ch_mult={tuple(c.model.unet.ch_mult)})"
         else:
             f, what = c.model.dit.patch_size, "the DiT's model.dit.patch_size"
         if c.data.image_size % f and not c.latent.run:
