@@ -14,6 +14,10 @@ fusion, and bf16 handling differ from a TPU/GPU compiler, so the memory figures 
 (the output says so). With --topology (libtpu installed), the step is compiled for that TPU
 topology, as MaxText's ahead-of-time compilation does. Nothing is allocated or run either way.
 Add --json for one machine-readable line.
+
+The task is set up as for training, so the runs a config names must exist: a latent diffusion config's
+autoencoder (`latent.run`, whose latents the denoiser reads), a VQ-GAN's perceptual network, a frozen text
+tower, and the evaluation judge (`--config.eval.judge=''` plans without one: evaluation is not planned).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
@@ -79,20 +84,33 @@ def _preparse(argv):
     return args
 
 
-def plan(config, devices, *, compiler_note: str) -> dict:
-    """Compiles the train step of `config` for `devices`; returns the report as a dict."""
+def lower_step(config, devices, workdir: str):
+    """(task, mesh, abstract state, abstract batch, lowered step): the train step `experiments.train` would
+    run, lowered for `devices` (`.compile()` it). The task is set up as training sets it up (the step of a latent diffusion
+    config depends on its autoencoder, a VQ-GAN's on its perceptual network); `workdir` takes what setup
+    writes (a tokenizer, a latent scale)."""
     import jax
 
     from jvlm import sharding
     from jvlm.train import loop
 
-    task, mesh = loop.build(config, None, devices)  # validates the config against this device count
+    task, mesh = loop.build(config, workdir, devices)  # validates the config against this device count
+    task.setup()
     abstract, shardings, groups, _ = loop.abstract_state(task, config, mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, len(v.shape)))
              for k, v in task.abstract_batch(config.batch_size).items()}
     # The last phase runs every parameter group (e.g. a VQ-GAN after its discriminator starts): the largest.
     last_phase = max(g.start_step for g in groups)
-    compiled = loop.jit_train_step(task, groups, shardings, last_phase).lower(abstract, batch).compile()
+    return task, mesh, abstract, batch, loop.jit_train_step(task, groups, shardings, last_phase).lower(abstract, batch)
+
+
+def plan(config, devices, *, compiler_note: str) -> dict:
+    """Compiles the train step of `config` for `devices`; returns the report as a dict."""
+    from jvlm.train import loop
+
+    with tempfile.TemporaryDirectory(prefix="jvlm_plan_") as workdir:
+        _, mesh, abstract, batch, lowered = lower_step(config, devices, workdir)
+    compiled = lowered.compile()
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -1,10 +1,16 @@
 """experiments.plan: ahead-of-time compilation for N simulated devices, without running anything."""
 
 import json
+import os
 
+import jax
+import pytest
 from helpers import run_cli
 
-from experiments.plan import collectives
+from experiments.plan import collectives, lower_step
+from jvlm.config import load_config, to_dict
+from jvlm.train import loop
+from jvlm.train.checkpoint import Checkpointer
 
 
 def test_plan_reports_per_device_memory_flops_and_collectives():
@@ -31,3 +37,28 @@ def test_collective_parsing_counts_ops_and_result_bytes():
 """
     assert collectives(hlo) == {"all-gather": {"count": 1, "bytes": 512}, "all-reduce": {"count": 1, "bytes": 24},
                                 "collective-permute": {"count": 1, "bytes": 12}}
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """An untrained configs/vae_shapes.py:tiny run (its config.json and a step-0 checkpoint): all a latent
+    diffusion config needs of its autoencoder to be planned. The tiny VAE halves 32x32 images to 16x16x4."""
+    run = tmp_path_factory.mktemp("vae_run")
+    cfg = load_config("configs/vae_shapes.py:tiny")
+    task, mesh = loop.build(cfg, str(run), jax.devices()[:1])
+    _, shardings, _, init_state = loop.abstract_state(task, cfg, mesh)
+    ckpt = Checkpointer(os.path.join(run, "checkpoints"), keep=1, async_save=False)
+    ckpt.save(0, jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0)), {"next_step": 0})
+    ckpt.close()
+    (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+    return run
+
+
+def test_latent_diffusion_is_planned_with_its_latent_denoiser(vae_run, tmp_path):
+    cfg = load_config("configs/ldm_shapes.py:tiny", [f"--config.latent.run={vae_run}"])
+    task, _, abstract, _, lowered = lower_step(cfg, jax.devices()[:2], str(tmp_path))
+    assert task.sample_shape == (16, 16, 4)
+    assert abstract.params["main"]["denoiser"]["conv_in"]["kernel"].shape == (3, 3, 4, 8)  # 4 latent channels in
+    # The denoiser's first convolution reads the global batch of 16 noisy latents; without the task's setup
+    # it would read 16x32x32x3 pixels (the VAE encoder's own first convolution reads those here).
+    assert "(tensor<16x16x16x4xf32>, tensor<3x3x4x8xf32>)" in lowered.as_text()
