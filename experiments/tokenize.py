@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from experiments.common import parse
+from jvlm.config import ConfigError, check_data_source
 
 
 def _flags(p):
@@ -33,11 +34,14 @@ def main(argv=None) -> None:
     from jvlm.data import shapes
     from jvlm.eval.image_tokenizer import ImageTokenizer
 
+    try:
+        check_data_source(config, ("shapes",), "experiments.tokenize")
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     out = args.out or os.path.join(args.workdir, "tokens", f"{args.split}.npz")
     if os.path.exists(out):
         sys.exit(f"error: {out} exists; remove it or pass --out to write elsewhere (codes are never overwritten)")
-    if config.data.source != "shapes":
-        sys.exit(f"error: tokenize reads config.data.source='shapes'; got {config.data.source!r}")
     try:
         tok = ImageTokenizer.load(args.workdir)
     except (FileNotFoundError, ValueError) as e:

@@ -39,6 +39,11 @@ RESUMABLE_DIFFERENCES = (
     "mesh", "sharding_rules",  # checkpoints restore onto any mesh (a bigger or smaller pod slice)
 )
 
+# The data keys of the user-data sources (jvlm.data.sources), by source: configs whose task reads no user
+# data lack them, and an override of one gets a hint saying so instead of a bare "unknown key".
+USER_DATA_KEYS = {"path": "folder", "tfds_name": "tfds", "tfds_split": "tfds", "tfds_data_dir": "tfds",
+                  "caption_key": "tfds"}
+
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
 SCHEDULES = ("cosine", "constant", "linear", "rsqrt")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -87,6 +92,9 @@ def _resolve_parent(config, key):
             choices = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
             close = difflib.get_close_matches(part, choices, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            if parts[:i] == ["data"] and part in USER_DATA_KEYS:
+                hint = (f" data.{part} belongs to data.source={USER_DATA_KEYS[part]!r} (user data), which "
+                        f"config.task={config.get('task')!r} does not read yet: it trains on its built-in data only.")
             raise ConfigError(
                 f"unknown config key {key!r}: {where} has no {part!r}.{hint} "
                 f"Valid keys there: {', '.join(sorted(choices))}.")
@@ -182,6 +190,19 @@ def load_run_config(workdir: str, tasks: Sequence[str], hint: str) -> ml_collect
     if config.task not in tasks:
         raise ValueError(f"{workdir} holds a {config.task!r} run; {hint}")
     return config
+
+
+def check_data_source(config: ml_collections.ConfigDict, supported: Sequence[str], reader: str) -> None:
+    """Refuses a config.data.source that `reader` (e.g. "the vqgan task") does not read: one it ignored
+    would train on other data without a word."""
+    source = config.data.get("source", "shapes")
+    if source in supported:
+        return
+    message = f"config.data.source={source!r}: {reader} reads only data.source={' or '.join(map(repr, supported))}"
+    if "folder" not in supported:  # the families that do not read user data yet
+        message += (" for now; so far only the contrastive task reads user data ('folder', 'tfds'): drop the "
+                    "override, or train a contrastive config (configs/siglip_shapes.py) on your data")
+    raise ConfigError(message + ".")
 
 
 def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:

@@ -145,3 +145,40 @@ def test_the_32px_judge_variant_keeps_the_default_token_grid():
         shapes_by_variant[variant] = (cfg.data.image_size, cfg.model.image.patch_size, pos[0].shape)
     assert shapes_by_variant[""][:2] == (64, 8) and shapes_by_variant["judge32"][:2] == (32, 4)
     assert shapes_by_variant[""][2] == shapes_by_variant["judge32"][2]
+
+
+# Every config whose task reads only the built-in shapes data (user data is the contrastive task's so far).
+SHAPES_ONLY = ["vae_shapes", "vqvae_shapes", "vqgan_shapes", "dvae_shapes", "ddpm_shapes", "ldm_shapes"]
+
+
+@pytest.mark.parametrize("name", SHAPES_ONLY)
+def test_a_data_source_the_task_does_not_read_is_refused_before_anything_compiles(name):
+    import jax
+    spec = f"configs/{name}.py:tiny"
+    task, _ = loop.build(load_config(spec), None, devices=jax.devices()[:1])  # shapes: accepted
+    reader = "diffusion" if name in ("ddpm_shapes", "ldm_shapes") else task.config.task
+    for source in ("folder", "tfds"):
+        with pytest.raises(ConfigError, match=rf"config.data.source='{source}': the {reader} task reads only "
+                                              rf"data.source='shapes' for now; so far only the contrastive task"):
+            loop.build(load_config(spec, [f"--config.data.source={source}"]), None, devices=jax.devices()[:1])
+    # The folder source's own key: not a bare "unknown key", but what the task does not read.
+    with pytest.raises(ConfigError, match=rf"unknown config key 'data.path'.* data.path belongs to data.source="
+                                          rf"'folder' \(user data\), which config.task='{task.config.task}' does "
+                                          rf"not read yet"):
+        load_config(spec, ["--config.data.source=folder", "--config.data.path=/tmp/mine.jsonl"])
+
+
+def test_the_contrastive_task_names_the_sources_it_reads():
+    with pytest.raises(ConfigError, match=r"config.data.source='csv': the contrastive task reads only "
+                                          r"data.source='shapes' or 'folder' or 'tfds'\.$"):
+        build("data.source=csv")
+
+
+def test_tokenize_refuses_a_data_source_it_does_not_read(tmp_path, capsys):
+    from experiments import tokenize
+    with pytest.raises(SystemExit) as exit_info:
+        tokenize.main(["--config", "configs/vqgan_shapes.py:tiny", "--workdir", str(tmp_path),
+                       "--config.data.source=folder"])
+    assert exit_info.value.code == 2
+    assert ("config error: config.data.source='folder': experiments.tokenize reads only data.source='shapes'"
+            in capsys.readouterr().err)

@@ -19,6 +19,9 @@ class Task(abc.ABC):
         "grad_accum_steps", "ema_decay", "max_nonfinite_steps", "profile", "eval", "checkpoint_async", "progress",
         "init_from", "sharding_rules")
 
+    # The config.data.source values the task reads (validate checks with jvlm.config.check_data_source).
+    data_sources: tuple[str, ...] = ("shapes",)
+
     # True when the task's own loss handles config.grad_accum_steps (losses that couple examples).
     handles_grad_accum: bool = False
 

@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jvlm import sharding
-from jvlm.config import ConfigError, check_choice
+from jvlm.config import ConfigError, check_choice, check_data_source
 from jvlm.data import shapes
 from jvlm.data.hard_negatives import WordSwapNegatives
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
@@ -28,6 +28,8 @@ from jvlm.train.step import LossOutput, ParamGroup, merge_microbatches, split_mi
 
 
 class ContrastiveTask(Task):
+    data_sources = ("shapes", "folder", "tfds")
+
     def validate(self) -> None:
         c, m = self.config, self.config.model
         check_choice("model.loss", m.loss, ("sigmoid", "softmax"))
@@ -35,7 +37,7 @@ class ContrastiveTask(Task):
         if m.loss == "softmax" and m.loss_impl == "ring":
             raise ConfigError("config.model.loss_impl='ring' is for the sigmoid loss; the softmax needs the whole "
                               "batch's normalizer: use loss_impl='all_gather' or 'dense'.")
-        check_choice("data.source", c.data.source, ("shapes", "folder", "tfds"))
+        check_data_source(c, self.data_sources, "the contrastive task")
         if c.data.source == "folder" and not c.data.path:
             raise ConfigError("config.data.source='folder' needs config.data.path: a .jsonl file of "
                               '{"image": ..., "caption": ...} lines or a folder of images with .txt captions.')

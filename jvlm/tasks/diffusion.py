@@ -31,7 +31,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jvlm import sharding
-from jvlm.config import ConfigError, check_choice
+from jvlm.config import ConfigError, check_choice, check_data_source
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader
 from jvlm.data.pixels import float_to_uint8, images_to_float
@@ -58,6 +58,7 @@ class DiffusionTask(Task):
     def validate(self) -> None:
         c = self.config
         d, cond, s = c.diffusion, c.conditioning, c.sample
+        check_data_source(c, self.data_sources, "the diffusion task")
         check_choice("diffusion.schedule", d.schedule, D.SCHEDULES)
         check_choice("diffusion.prediction", d.prediction, D.PREDICTIONS)
         check_choice("diffusion.timesteps", d.timesteps, D.TIMESTEP_SAMPLINGS)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jvlm import sharding
-from jvlm.config import ConfigError
+from jvlm.config import ConfigError, check_data_source
 from jvlm.data import shapes
 from jvlm.data.pipeline import StepIndexedLoader, fixed_batches
 from jvlm.data.pixels import float_to_uint8
@@ -26,6 +26,7 @@ class ImageAutoencoderTask(Task):
 
     def validate(self) -> None:
         c = self.config
+        check_data_source(c, self.data_sources, f"the {c.task} task")
         f = downsampling_factor(c.model.encoder.ch_mult)
         if c.data.image_size % f:
             raise ConfigError(f"config.data.image_size={c.data.image_size} is not divisible by the downsampling "
