@@ -230,4 +230,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from jvlm import cpu_flags
+
+    cpu_flags.apply()  # before JAX starts its CPU backend; see jvlm/cpu_flags.py
     main()

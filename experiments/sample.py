@@ -95,7 +95,9 @@ def _slug(text: str) -> str:
 
 
 if __name__ == "__main__":
+    from jvlm import cpu_flags
     from jvlm.host_malloc import relaunch_with_hugepages
 
     relaunch_with_hugepages()  # huge pages for XLA:CPU's per-step buffers; see jvlm/host_malloc.py
+    cpu_flags.apply()  # before JAX starts its CPU backend; see jvlm/cpu_flags.py
     main()

@@ -7,6 +7,9 @@ import sys
 # about 40% faster (the same ops; only the generated CPU code is less tuned).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
                            " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true").strip()
+import jvlm.cpu_flags  # noqa: E402
+
+jvlm.cpu_flags.apply()  # the experiment commands' XLA:CPU flag, before JAX creates its backend
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # A persistent compilation cache shared by the test processes and the CLI subprocesses they start.
 CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")

@@ -1,9 +1,19 @@
-"""jvlm's XLA:CPU flag: added once, only where checked, never over a user's own choice."""
+"""jvlm's XLA:CPU flag: added by apply() only, once, only where checked, never over a user's own choice."""
 
 import subprocess
 import sys
 
+from helpers import REPO
+
 from jvlm import cpu_flags
+
+
+def python(code: str, **env: str) -> list[str]:
+    """Runs `code` in a fresh interpreter from the repo root with only `env` set; its stdout lines."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={"PATH": "", "JAX_PLATFORMS": "cpu", **env}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.splitlines()
 
 
 def test_adds_the_flag_on_a_checked_jaxlib_and_keeps_other_flags():
@@ -24,13 +34,30 @@ def test_leaves_xla_flags_alone_when_asked_chosen_or_unchecked():
     assert cpu_flags.with_cpu_flags(unknown, jaxlib_minor="0.99") is None and "XLA_FLAGS" not in unknown
 
 
-def test_importing_jvlm_sets_it_and_the_installed_xla_accepts_it():
-    code = ("import os, jvlm, jax; print(os.environ.get('XLA_FLAGS', '')); "
-            "print(float(jax.jit(lambda x: x.sum())(jax.numpy.ones(3))))")
-    env = {"PATH": "", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    flags, value = out.stdout.split("\n")[:2]
-    assert value == "3.0"
-    if cpu_flags._jaxlib_minor() in cpu_flags.CHECKED_JAXLIB:
-        assert cpu_flags.DEFAULT in flags
+def test_the_installed_jaxlib_is_one_the_flag_was_checked_on():
+    # An upgrade fails here (check the flag still exists in its XLA, then add the version) instead of
+    # silently running without the flag.
+    assert cpu_flags._jaxlib_minor() in cpu_flags.CHECKED_JAXLIB
+
+
+def test_importing_jvlm_leaves_the_environment_alone():
+    code = "import os, jvlm, jvlm.train.loop; print(os.environ.get('XLA_FLAGS'))"
+    assert python(code, XLA_FLAGS="--xla_cpu_enable_fast_math=false") == ["--xla_cpu_enable_fast_math=false"]
+    assert python(code) == ["None"]
+
+
+def test_apply_adds_the_flag_the_installed_xla_accepts_and_can_be_opted_out_of():
+    code = ("import os, jvlm.cpu_flags; print(jvlm.cpu_flags.apply()); print(os.environ.get('XLA_FLAGS')); "
+            "import jax; print(float(jax.jit(lambda x: x.sum())(jax.numpy.ones(3))))")
+    assert python(code, XLA_FLAGS="--xla_cpu_enable_fast_math=false") == [
+        cpu_flags.DEFAULT, f"--xla_cpu_enable_fast_math=false {cpu_flags.DEFAULT}", "3.0"]
+    assert python(code, JVLM_XLA_CPU_FLAGS="0") == ["None", "None", "3.0"]
+
+
+def test_apply_after_the_backend_exists_warns_that_it_is_too_late():
+    code = ("import warnings, jax; jax.devices(); import jvlm.cpu_flags\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); jvlm.cpu_flags.apply()\n"
+            "print([str(x.message) for x in w])")
+    (line,) = python(code)
+    assert "backend already exists" in line and "before the first device query" in line
