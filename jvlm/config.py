@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from jvlm.errors import ConfigError  # raised here, and importable from here as it always was
+
 COMMON_KEYS = {
     "task": str,
     "total_steps": int,
@@ -48,10 +50,6 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
 SCHEDULES = ("cosine", "constant", "linear", "rsqrt")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
-
-
-class ConfigError(ValueError):
-    """A config problem found before compilation; the message names the key and the fix."""
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

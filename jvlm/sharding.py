@@ -30,6 +30,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jvlm.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both data-parallel axes
 
@@ -50,8 +52,6 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 
 def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
     """LOGICAL_RULES with `config.sharding_rules` overrides applied (same order; new axes last)."""
-    from jvlm.config import ConfigError
-
     rules = dict(LOGICAL_RULES)
     for entry in config.get("sharding_rules", ()) or ():
         if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
@@ -96,8 +96,6 @@ def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
 
 def check_divisible(abstract_params: Any, shardings: Any, mesh: Mesh) -> None:
     """Names the parameter whose dimension a mesh axis does not divide, before anything compiles."""
-    from jvlm.config import ConfigError
-
     for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
                                       jax.tree.leaves(shardings)):
         for dim, axes in zip(leaf.shape, sharding.spec):
@@ -113,8 +111,6 @@ def check_divisible(abstract_params: Any, shardings: Any, mesh: Mesh) -> None:
 
 def _split_dcn(mesh_config: Mapping[str, Any]) -> tuple[dict, dict[str, int]]:
     """config.mesh -> (per-slice sizes, sizes across slices). `mesh.dcn` is the optional DCN part."""
-    from jvlm.config import ConfigError
-
     ici = {k: v for k, v in mesh_config.items() if k != "dcn"}
     dcn_config = mesh_config.get("dcn", None) or {}
     unknown = set(dcn_config) - set(MESH_AXES)
@@ -132,8 +128,6 @@ def resolve_mesh_shape(mesh_config: Mapping[str, Any], num_devices: int) -> dict
     With `dcn` sizes (a hybrid mesh across slices), the other sizes are per slice, -1 resolves
     within a slice, and the result is the total: per-slice size x DCN size for each axis.
     """
-    from jvlm.config import ConfigError
-
     ici_config, dcn = _split_dcn(mesh_config)
     slices = math.prod(dcn.values())
     if num_devices % slices:
@@ -144,8 +138,6 @@ def resolve_mesh_shape(mesh_config: Mapping[str, Any], num_devices: int) -> dict
 
 
 def _resolve_one(mesh_config: Mapping[str, int], num_devices: int, name: str) -> dict[str, int]:
-    from jvlm.config import ConfigError
-
     unknown = set(mesh_config) - set(MESH_AXES)
     if unknown:
         raise ConfigError(f"{name} has unknown axes {sorted(unknown)}; valid axes are {MESH_AXES} (and dcn).")
@@ -192,7 +184,6 @@ def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[jax.Device] | No
         grid = mesh_utils.create_hybrid_device_mesh(ici, [dcn[a] for a in MESH_AXES], devices,
                                                     process_is_granule=not by_slice)
     except ValueError as e:
-        from jvlm.config import ConfigError
         unit = "slices" if by_slice else "processes"
         raise ConfigError(f"config.mesh.dcn {dcn}: the DCN sizes must multiply to the number of {unit} "
                           f"holding the devices ({e}).") from None

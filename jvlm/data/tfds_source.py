@@ -8,9 +8,9 @@ A grain-compatible random-access data source (``__len__``, ``__getitem__(idx)``,
 
 plus ``"label"`` (``np.int32``) when ``label_key`` is given. Images are
 preprocessed, and unreadable records substituted, with the shared helpers of
-:mod:`jvlm.data.sources`; see its docstring for the image preprocessing and the
-bad-input policy. ``make_source("tfds", ...)`` there builds this source and
-imports this module only then. ``tensorflow_datasets`` itself is imported only
+:mod:`jvlm.data.decoding` (its docstring gives the image preprocessing); the
+bad-input policy is in :mod:`jvlm.data.sources`. ``make_source("tfds", ...)``
+there builds this source and imports this module only then. ``tensorflow_datasets`` itself is imported only
 when a ``TfdsSource`` opens its dataset.
 
 What works without TensorFlow (tensorflow-datasets 4.9.x)
@@ -28,7 +28,7 @@ files with no tf.data and **no TensorFlow**:
   ``uint8`` array, with no mode conversion. For uint8 ``Image`` features this
   source instead passes ``tfds.decode.SkipDecoding()``, gets the **encoded
   bytes**, and decodes them itself with PIL as described in
-  :mod:`jvlm.data.sources` ("Image preprocessing"). This handles palette and
+  :mod:`jvlm.data.decoding` ("Image preprocessing"). This handles palette and
   transparent PNGs, converts to RGB, and allows the corrupt-image
   substitution. Other image-like features (``Tensor`` uint8
   pixels, non-uint8 ``Image``) are decoded by TFDS into numpy arrays. Those
@@ -81,13 +81,7 @@ from typing import Any
 
 import numpy as np
 
-from jvlm.data.sources import (
-    _check_image_size,
-    _decode_or_flag,
-    _normalize_index,
-    _SubstitutingReader,
-    _UnreadableRecord,
-)
+from jvlm.data.decoding import SubstitutingReader, UnreadableRecord, check_image_size, decode_or_flag, normalize_index
 
 __all__ = [
     "TfdsNotPreparedError",
@@ -155,7 +149,7 @@ def _to_text(value: Any) -> str:
     return str(value).strip()
 
 
-class TfdsSource(_SubstitutingReader):
+class TfdsSource(SubstitutingReader):
     """Random access over a *prepared* tensorflow-datasets dataset (ArrayRecord).
 
     See the module docstring for what works without TensorFlow.
@@ -187,7 +181,7 @@ class TfdsSource(_SubstitutingReader):
     ):
         self.name = name
         self.split = split
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.data_dir = None if data_dir is None else os.fspath(data_dir)
         self.image_key = image_key
         self.caption_key = caption_key
@@ -296,7 +290,7 @@ class TfdsSource(_SubstitutingReader):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         n = self._len
-        i = _normalize_index(idx, n)
+        i = normalize_index(idx, n)
         return self._read_with_substitution(i, n, self._read, lambda j: f"record {j}")
 
     def _read(self, j: int) -> dict[str, Any]:
@@ -304,8 +298,8 @@ class TfdsSource(_SubstitutingReader):
         try:
             ex = ds[j]
         except Exception as e:  # TFDS failed to read/parse/decode this record
-            raise _UnreadableRecord(f"{type(e).__name__}: {e}") from e
-        image = _decode_or_flag(_get_path(ex, self.image_key), self.image_size)
+            raise UnreadableRecord(f"{type(e).__name__}: {e}") from e
+        image = decode_or_flag(_get_path(ex, self.image_key), self.image_size)
         out: dict[str, Any] = {"image": image}
         label = None
         if self.label_key is not None:

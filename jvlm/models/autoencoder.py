@@ -12,7 +12,6 @@ when it samples.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import jax
@@ -20,7 +19,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jvlm.config import ConfigError
-from jvlm.models.layers import bias_init, dense_init
+from jvlm.models.conv_layers import conv, group_norm
+from jvlm.models.layers import dense_init
 
 Dtype = Any
 
@@ -42,28 +42,16 @@ def decoder_settings(encoder: dict[str, Any], decoder: dict[str, Any] | None) ->
     return {**encoder, **{k: v for k, v in (decoder or {}).items() if v}}
 
 
-def _norm(ch: int, name: str | None = None) -> nn.GroupNorm:
-    # At most 32 groups of at least 4 channels (taming's 32 groups at 128 channels). One channel per
-    # group would be instance norm, which strips each image's per-channel mean (its colours) at every block.
-    return nn.GroupNorm(num_groups=math.gcd(32, max(ch // 4, 1)), name=name)
-
-
-def _conv(ch: int, k: int, dtype, name: str | None = None, stride: int = 1) -> nn.Conv:
-    return nn.Conv(ch, (k, k), strides=(stride, stride), padding="SAME" if k > 1 else "VALID", dtype=dtype,
-                   name=name, kernel_init=dense_init((None, None, "channels", "embed"), nn.initializers.lecun_normal()),
-                   bias_init=bias_init(("embed",)))
-
-
 class ResBlock(nn.Module):
     out_ch: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        h = _conv(self.out_ch, 3, self.dtype, "conv1")(nn.swish(_norm(x.shape[-1], "norm1")(x)))
-        h = _conv(self.out_ch, 3, self.dtype, "conv2")(nn.swish(_norm(self.out_ch, "norm2")(h)))
+        h = conv(self.out_ch, 3, self.dtype, "conv1")(nn.swish(group_norm(x.shape[-1], "norm1")(x)))
+        h = conv(self.out_ch, 3, self.dtype, "conv2")(nn.swish(group_norm(self.out_ch, "norm2")(h)))
         if x.shape[-1] != self.out_ch:
-            x = _conv(self.out_ch, 1, self.dtype, "skip")(x)
+            x = conv(self.out_ch, 1, self.dtype, "skip")(x)
         return x + h
 
 
@@ -74,7 +62,7 @@ class SpatialAttention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
-        y = _norm(c, "norm")(x).reshape(b, h * w, c)
+        y = group_norm(c, "norm")(x).reshape(b, h * w, c)
         q, k, v = (nn.Dense(c, dtype=self.dtype, name=n, kernel_init=dense_init(("embed", "mlp")))(y)
                    for n in ("q", "k", "v"))
         weights = jax.nn.softmax((q @ k.transpose(0, 2, 1) / jnp.sqrt(c)).astype(jnp.float32), axis=-1)
@@ -102,17 +90,17 @@ class Encoder(nn.Module):
         if x.shape[1] % f or x.shape[2] % f:
             raise ValueError(f"image size {x.shape[1]}x{x.shape[2]} is not divisible by the downsampling factor {f} "
                              f"(ch_mult={tuple(self.ch_mult)}); resize the images or change ch_mult")
-        h = _conv(self.ch, 3, self.dtype, "conv_in")(x.astype(self.dtype))
+        h = conv(self.ch, 3, self.dtype, "conv_in")(x.astype(self.dtype))
         for level, mult in enumerate(self.ch_mult):
             for i in range(self.num_res_blocks):
                 h = ResBlock(self.ch * mult, self.dtype, name=f"down{level}_block{i}")(h)
             if level < len(self.ch_mult) - 1:
-                h = _conv(h.shape[-1], 3, self.dtype, f"down{level}_downsample", stride=2)(h)
+                h = conv(h.shape[-1], 3, self.dtype, f"down{level}_downsample", stride=2)(h)
         h = ResBlock(h.shape[-1], self.dtype, name="mid_block1")(h)
         if self.attn:
             h = SpatialAttention(self.dtype, name="mid_attn")(h)
         h = ResBlock(h.shape[-1], self.dtype, name="mid_block2")(h)
-        return _conv(self.out_channels, 3, self.dtype, "conv_out")(nn.swish(_norm(h.shape[-1], "norm_out")(h)))
+        return conv(self.out_channels, 3, self.dtype, "conv_out")(nn.swish(group_norm(h.shape[-1], "norm_out")(h)))
 
 
 class Decoder(nn.Module):
@@ -129,7 +117,7 @@ class Decoder(nn.Module):
 
         features_only: stop before the last convolution (`output_conv`, parameters "conv_out"), for losses
         that need gradients at the decoder's last layer (VQ-GAN's adaptive weight)."""
-        h = _conv(self.ch * self.ch_mult[-1], 3, self.dtype, "conv_in")(z.astype(self.dtype))
+        h = conv(self.ch * self.ch_mult[-1], 3, self.dtype, "conv_in")(z.astype(self.dtype))
         h = ResBlock(h.shape[-1], self.dtype, name="mid_block1")(h)
         if self.attn:
             h = SpatialAttention(self.dtype, name="mid_attn")(h)
@@ -140,8 +128,8 @@ class Decoder(nn.Module):
             if level > 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, hh * 2, ww * 2, c), "nearest")
-                h = _conv(c, 3, self.dtype, f"up{level}_upsample")(h)
-        h = nn.swish(_norm(h.shape[-1], "norm_out")(h))
+                h = conv(c, 3, self.dtype, f"up{level}_upsample")(h)
+        h = nn.swish(group_norm(h.shape[-1], "norm_out")(h))
         if features_only:
             return h
         return output_conv(self.out_channels, self.dtype)(h).astype(jnp.float32)
@@ -149,4 +137,4 @@ class Decoder(nn.Module):
 
 def output_conv(out_channels: int = 3, dtype: Dtype = jnp.float32) -> nn.Conv:
     """The decoder's last layer; `output_conv().apply({"params": params["conv_out"]}, features)`."""
-    return _conv(out_channels, 3, dtype, "conv_out")
+    return conv(out_channels, 3, dtype, "conv_out")

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jvlm.models.layers import Attention, Mlp, bias_init, dense_init
-from jvlm.models.unet import _dense, timestep_embedding
+from jvlm.models.layers import Attention, Mlp, bias_init, dense, dense_init
+from jvlm.models.unet import timestep_embedding
 
 Dtype = Any
 
@@ -84,8 +84,8 @@ class DiT(nn.Module):
         y = nn.Dense(self.width, dtype=self.dtype, name="patch_embed", kernel_init=dense_init(("mlp", "embed")),
                      bias_init=bias_init(("embed",)))(tokens.astype(self.dtype))
         y = y + jnp.asarray(sincos_2d(h // p, w // p, self.width), self.dtype)[None]
-        c = _dense(self.width, self.dtype, "temb2")(nn.swish(
-            _dense(self.width, self.dtype, "temb1")(timestep_embedding(t, self.width).astype(self.dtype))))
+        c = dense(self.width, self.dtype, "temb2")(nn.swish(
+            dense(self.width, self.dtype, "temb1")(timestep_embedding(t, self.width).astype(self.dtype))))
         if self.num_classes:
             table = self.param("class_embedding", nn.with_logical_partitioning(
                 nn.initializers.normal(0.02), ("vocab", "embed")), (self.num_classes + 1, self.width))

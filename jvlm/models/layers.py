@@ -30,6 +30,13 @@ def bias_init(axes):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
+def dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
+    """A Dense from the embed to the mlp axis: the diffusion denoisers' conditioning projections (timestep,
+    pooled prompt)."""
+    return nn.Dense(features, dtype=dtype, name=name, kernel_init=dense_init(("embed", "mlp")),
+                    bias_init=bias_init(("mlp",)))
+
+
 def layer_norm(dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
     return nn.LayerNorm(dtype=dtype, name=name,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jvlm.models.autoencoder import _conv, _norm, downsampling_factor
-from jvlm.models.layers import Attention, Mlp, bias_init, dense_init, layer_norm
+from jvlm.models.autoencoder import downsampling_factor
+from jvlm.models.conv_layers import conv, group_norm
+from jvlm.models.layers import Attention, Mlp, bias_init, dense, dense_init, layer_norm
 
 Dtype = Any
 
@@ -44,12 +45,6 @@ def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return (x * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
 
 
-def _dense(features: int, dtype, name: str, zero: bool = False) -> nn.Dense:
-    init = nn.initializers.zeros_init() if zero else nn.initializers.xavier_uniform()
-    return nn.Dense(features, dtype=dtype, name=name, kernel_init=dense_init(("embed", "mlp"), init),
-                    bias_init=bias_init(("mlp",)))
-
-
 class TimeResBlock(nn.Module):
     out_ch: int
     dropout: float = 0.0
@@ -57,14 +52,14 @@ class TimeResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb, train: bool = False):
-        h = _conv(self.out_ch, 3, self.dtype, "conv1")(nn.swish(_norm(x.shape[-1], "norm1")(x)))
-        h = h + _dense(self.out_ch, self.dtype, "temb")(nn.swish(temb))[:, None, None, :]
-        h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(_norm(self.out_ch, "norm2")(h)))
+        h = conv(self.out_ch, 3, self.dtype, "conv1")(nn.swish(group_norm(x.shape[-1], "norm1")(x)))
+        h = h + dense(self.out_ch, self.dtype, "temb")(nn.swish(temb))[:, None, None, :]
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(group_norm(self.out_ch, "norm2")(h)))
         h = nn.Conv(self.out_ch, (3, 3), padding="SAME", dtype=self.dtype, name="conv2",
                     kernel_init=dense_init((None, None, "channels", "embed"), nn.initializers.zeros_init()),
                     bias_init=bias_init(("embed",)))(h)
         if x.shape[-1] != self.out_ch:
-            x = _conv(self.out_ch, 1, self.dtype, "skip")(x)
+            x = conv(self.out_ch, 1, self.dtype, "skip")(x)
         return x + h
 
 
@@ -76,7 +71,7 @@ class SpatialTransformer(nn.Module):
     @nn.compact
     def __call__(self, x, context=None, context_mask=None):
         b, h, w, c = x.shape
-        y = _norm(c, "norm")(x).reshape(b, h * w, c)
+        y = group_norm(c, "norm")(x).reshape(b, h * w, c)
         y = y + Attention(self.num_heads, self.dtype, name="self_attn")(layer_norm(self.dtype, "ln1")(y))
         if context is not None:
             mask = None if context_mask is None else context_mask[:, None, None, :]
@@ -114,12 +109,12 @@ class UNet(nn.Module):
         if (labels is None) != (self.num_classes == 0):
             raise ValueError("pass `labels` exactly when the UNet has num_classes > 0 (a class-conditional model)")
         temb_dim = 4 * self.ch
-        temb = _dense(temb_dim, self.dtype, "temb1")(timestep_embedding(t, self.ch).astype(self.dtype))
-        temb = _dense(temb_dim, self.dtype, "temb2")(nn.swish(temb))
+        temb = dense(temb_dim, self.dtype, "temb1")(timestep_embedding(t, self.ch).astype(self.dtype))
+        temb = dense(temb_dim, self.dtype, "temb2")(nn.swish(temb))
         if self.pooled_context:
             if context is None:
                 raise ValueError("pooled_context needs a text-conditional UNet (context_dim > 0)")
-            temb = temb + _dense(temb_dim, self.dtype, "pooled_context")(masked_mean(context, context_mask))
+            temb = temb + dense(temb_dim, self.dtype, "pooled_context")(masked_mean(context, context_mask))
         if self.num_classes:
             table = self.param("class_embedding", nn.with_logical_partitioning(
                 nn.initializers.normal(0.02), ("vocab", "embed")), (self.num_classes + 1, temb_dim))
@@ -128,7 +123,7 @@ class UNet(nn.Module):
         def attn(h, name):
             return SpatialTransformer(self.num_heads, self.dtype, name=name)(h, context, context_mask)
 
-        h = _conv(self.ch, 3, self.dtype, "conv_in")(x.astype(self.dtype))
+        h = conv(self.ch, 3, self.dtype, "conv_in")(x.astype(self.dtype))
         skips = [h]
         for level, mult in enumerate(self.ch_mult):
             for i in range(self.num_res_blocks):
@@ -137,7 +132,7 @@ class UNet(nn.Module):
                     h = attn(h, f"down{level}_attn{i}")
                 skips.append(h)
             if level < len(self.ch_mult) - 1:
-                h = _conv(h.shape[-1], 3, self.dtype, f"down{level}_downsample", stride=2)(h)
+                h = conv(h.shape[-1], 3, self.dtype, f"down{level}_downsample", stride=2)(h)
                 skips.append(h)
         h = TimeResBlock(h.shape[-1], self.dropout, self.dtype, name="mid_block1")(h, temb, train)
         h = attn(h, "mid_attn")
@@ -151,8 +146,8 @@ class UNet(nn.Module):
                     h = attn(h, f"up{level}_attn{i}")
             if level > 0:
                 b, hh, ww, c = h.shape
-                h = _conv(c, 3, self.dtype, f"up{level}_upsample")(jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest"))
-        h = nn.swish(_norm(h.shape[-1], "norm_out")(h))
+                h = conv(c, 3, self.dtype, f"up{level}_upsample")(jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest"))
+        h = nn.swish(group_norm(h.shape[-1], "norm_out")(h))
         out = nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype, name="conv_out",
                       kernel_init=dense_init((None, None, "channels", "embed"), nn.initializers.zeros_init()),
                       bias_init=bias_init(("embed",)))(h)

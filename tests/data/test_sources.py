@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jvlm.data import sources
+from jvlm.data import decoding, sources, tfds_source
 from jvlm.data.sources import (
     SKIP_REASONS,
     SOURCES,
@@ -136,7 +136,7 @@ def test_large_jpeg_reduced_decode_matches_full_decode(tmp_path):
     Image.fromarray(arr).save(path, format="JPEG", quality=95)
     fast = sources.load_image(path, 32).astype(int)  # uses PIL draft (decodes at 1/8 scale)
     with Image.open(path) as img:
-        full = sources._resize_center_crop(img.convert("RGB"), 32).astype(int)
+        full = decoding._resize_center_crop(img.convert("RGB"), 32).astype(int)
     assert fast.shape == full.shape == (32, 32, 3)
     assert np.abs(fast - full).mean() < 3.0
     assert not np.array_equal(fast, full)  # the reduced-resolution decode was used
@@ -278,8 +278,8 @@ def test_known_bad_images_are_not_decoded_again(tmp_path, monkeypatch):
     (root / "1.txt").write_text("one")
     src = ImageTextFolderSource(root, image_size=S)
     calls = []
-    real = sources.load_image
-    monkeypatch.setattr(sources, "load_image", lambda p, s: calls.append(os.path.basename(p)) or real(p, s))
+    real = decoding.load_image
+    monkeypatch.setattr(decoding, "load_image", lambda p, s: calls.append(os.path.basename(p)) or real(p, s))
     for _ in range(3):
         assert src[1]["caption"] == "zero"
     assert calls == ["1.png", "0.png", "0.png", "0.png"]
@@ -497,7 +497,7 @@ def test_tfds_source_other_image_and_caption_features(tfds_dir):
 
 def test_tfds_source_substitutes_corrupt_image(tfds_dir, caplog):
     src = TfdsSource("jvlm_tiny_caps", "corrupt", S, data_dir=tfds_dir)
-    with caplog.at_level(logging.WARNING, logger=sources.__name__):
+    with caplog.at_level(logging.WARNING, logger=tfds_source.__name__):
         out = [src[j] for j in range(len(src))]  # must not raise
     # Reading another image feature of the same records is unaffected by the
     # corrupt (unused, never decoded) "image" feature.
