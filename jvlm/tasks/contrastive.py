@@ -206,12 +206,17 @@ class ContrastiveTask(Task):
     def _source(self, split: str):
         """Training data from the configured source; zero-shot splits always come from shapes."""
         d = self.config.data
-        if d.source == "folder" and split == "train":
-            return make_source("folder", path=d.path, image_size=d.image_size)
-        if d.source == "tfds" and split == "train":
-            return make_source("tfds", name=d.tfds_name, split=d.tfds_split, image_size=d.image_size,
-                               data_dir=d.tfds_data_dir or None, caption_key=d.caption_key)
-        return shapes.ShapesSource(split, image_size=d.image_size, seed=d.seed)
+        if d.source == "shapes" or split != "train":
+            return shapes.ShapesSource(split, image_size=d.image_size, seed=d.seed)
+        # Built once: the tokenizer pass (setup) and the training loader read the same source, so its scan and
+        # its warnings about dropped or unreadable records happen once per run.
+        if getattr(self, "_user_source", None) is None:
+            if d.source == "folder":
+                self._user_source = make_source("folder", path=d.path, image_size=d.image_size)
+            else:
+                self._user_source = make_source("tfds", name=d.tfds_name, split=d.tfds_split, image_size=d.image_size,
+                                                data_dir=d.tfds_data_dir or None, caption_key=d.caption_key)
+        return self._user_source
 
     def train_loader(self, start_step, rows):
         c = self.config

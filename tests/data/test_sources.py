@@ -374,6 +374,35 @@ def test_importing_sources_does_not_load_tfds():
     assert out.strip() == "[]"
 
 
+def test_a_contrastive_run_reads_a_users_jsonl_through_one_source(tmp_path, caplog):
+    """The tokenizer pass (setup) and the training loader share the source: its drop warning and its
+    unreadable-image warning each appear once per run, with the right count."""
+    import jax
+
+    from jvlm.config import load_config
+    from jvlm.train import loop
+
+    lines = []
+    for i in range(24):
+        _write_pair(tmp_path, str(i), _solid((10 * i, 0, 0)), None)
+        lines.append({"image": f"{i}.png", "caption": f"picture number {i}"})
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    lines += [{"image": "bad.png", "caption": "unreadable, substituted"},
+              {"image": "missing.png", "caption": "dropped and counted"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = load_config("configs/siglip_shapes.py:tiny", ["--config.data.source=folder", "--config.data.vocab_size=64",
+                                                         f"--config.data.path={tmp_path / 'data.jsonl'}"])
+    task, _ = loop.build(cfg, str(tmp_path / "run"), devices=jax.devices()[:1])
+    with caplog.at_level(logging.WARNING, logger=sources.__name__):
+        task.setup()  # trains the tokenizer on every caption: reads every record, the bad image too
+        loader = task.train_loader(0, (0, cfg.batch_size))
+        for _ in range(2):  # 32 positions: every record of the first epoch
+            next(loader)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("dropped 1 of 26 records (missing_image=1); kept 25" in m for m in messages) == 1, messages
+    assert sum("unreadable image" in m and "bad.png" in m for m in messages) == 1, messages
+
+
 # ---------------------------------------------------------------------------
 # TfdsSource (built locally into tmp, without TensorFlow)
 # ---------------------------------------------------------------------------
