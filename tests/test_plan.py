@@ -55,10 +55,13 @@ def vae_run(tmp_path_factory):
 
 
 def test_latent_diffusion_is_planned_with_its_latent_denoiser(vae_run, tmp_path):
-    cfg = load_config("configs/ldm_shapes.py:tiny", [f"--config.latent.run={vae_run}"])
+    # Unconditional and with a given latent scale: no tokenizer to train and no scale to measure, the same
+    # latent denoiser.
+    cfg = load_config("configs/ldm_shapes.py:tiny,uncond",
+                      [f"--config.latent.run={vae_run}", "--config.latent.scale=1.0"])
     task, _, abstract, _, lowered = lower_step(cfg, jax.devices()[:2], str(tmp_path))
     assert task.sample_shape == (16, 16, 4)
     assert abstract.params["main"]["denoiser"]["conv_in"]["kernel"].shape == (3, 3, 4, 8)  # 4 latent channels in
-    # The denoiser's first convolution reads the global batch of 16 noisy latents; without the task's setup
-    # it would read 16x32x32x3 pixels (the VAE encoder's own first convolution reads those here).
+    # The denoiser's first convolution reads the global batch of 16 noisy latents (a pixel-space one would read
+    # 16x32x32x3 images, as the VAE encoder's first convolution does here).
     assert "(tensor<16x16x16x4xf32>, tensor<3x3x4x8xf32>)" in lowered.as_text()
