@@ -9,7 +9,6 @@ The run's own preprocessing (resize/crop to the trained size, [-1, 1] scaling) a
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import jax
@@ -17,12 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jvlm.config import load_run_config
 from jvlm.data.sources import load_image
 from jvlm.data.tokenizer import Tokenizer
 from jvlm.eval.metrics import average_templates, class_prompts, configured_reduction, template_scores
 from jvlm.tasks.contrastive import ContrastiveTask
-from jvlm.train.checkpoint import load_params
+from jvlm.train.run_loader import load_run
 
 
 class ContrastiveModel:
@@ -36,10 +34,8 @@ class ContrastiveModel:
     @classmethod
     def load(cls, workdir: str, *, ema: bool = True) -> "ContrastiveModel":
         """The newest checkpoint of a run (its EMA parameters when the run kept them)."""
-        config = load_run_config(workdir, ("contrastive",), "give the workdir of a contrastive run")
-        tok_path = config.data.tokenizer or os.path.join(workdir, "tokenizer.model")
-        step, params = load_params(workdir, ema=ema)
-        return cls(config, params["main"], Tokenizer(tok_path), step)
+        run = load_run(workdir, ("contrastive",), "give the workdir of a contrastive run", ema=ema)
+        return cls(run.config, run.params["main"], run.tokenizer, run.step)
 
     @property
     def image_size(self) -> int:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from jvlm.config import load_run_config
 from jvlm.data.pixels import float_to_uint8
 from jvlm.models.autoencoder import downsampling_factor
-from jvlm.train.checkpoint import load_for_inference
+from jvlm.train.run_loader import load_run
 
 TOKENIZER_TASKS = ("vqvae", "vqgan", "dvae")
 
@@ -32,10 +31,9 @@ class ImageTokenizer:
     @classmethod
     def load(cls, workdir: str, *, ema: bool = True) -> "ImageTokenizer":
         """The newest checkpoint of a tokenizer run (its EMA parameters when the run kept them)."""
-        config = load_run_config(workdir, TOKENIZER_TASKS,
-                                 f"give the workdir of an image tokenizer run ({', '.join(TOKENIZER_TASKS)})")
-        step, params, model_state = load_for_inference(workdir, ema=ema)
-        return cls(config, params["main"], model_state, step)
+        run = load_run(workdir, TOKENIZER_TASKS,
+                       f"give the workdir of an image tokenizer run ({', '.join(TOKENIZER_TASKS)})", ema=ema)
+        return cls(run.config, run.params["main"], run.model_state, run.step)
 
     @property
     def image_size(self) -> int:

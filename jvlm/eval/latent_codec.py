@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jvlm.config import ConfigError, load_run_config
+from jvlm.config import ConfigError
 from jvlm.data import shapes
 from jvlm.data.pixels import images_to_float
 from jvlm.models.autoencoder import downsampling_factor
-from jvlm.train.checkpoint import load_for_inference
+from jvlm.train.run_loader import load_run
 
 AUTOENCODER_TASKS = ("vae", "vqvae", "vqgan")
 SCALE_FILE = "latent_scale.json"
@@ -42,14 +42,15 @@ class LatentCodec:
 
     @classmethod
     def load(cls, run: str, image_size: int, *, scale: float = 0.0, workdir: str | None = None) -> "LatentCodec":
-        config = load_run_config(run, AUTOENCODER_TASKS, f"set latent.run to an autoencoder run "
-                                                          f"({', '.join(AUTOENCODER_TASKS)})")
-        if config.data.image_size != image_size:
-            raise ConfigError(f"the autoencoder in {run} was trained on {config.data.image_size}x"
-                              f"{config.data.image_size} images but config.data.image_size={image_size}; "
-                              f"use the same size.")
-        _, params, model_state = load_for_inference(run, ema=True)
-        codec = cls(config, params["main"], model_state, run, 1.0)
+        def same_size(config):
+            if config.data.image_size != image_size:
+                raise ConfigError(f"the autoencoder in {run} was trained on {config.data.image_size}x"
+                                  f"{config.data.image_size} images but config.data.image_size={image_size}; "
+                                  f"use the same size.")
+
+        loaded = load_run(run, AUTOENCODER_TASKS, f"set latent.run to an autoencoder run "
+                                                  f"({', '.join(AUTOENCODER_TASKS)})", check=same_size)
+        codec = cls(loaded.config, loaded.params["main"], loaded.model_state, run, 1.0)
         codec.scale = scale or codec._stored_or_measured_scale(workdir)
         return codec
 

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jvlm.config import load_run_config
 
 
 class FeatureNet(NamedTuple):
@@ -87,13 +86,13 @@ _RUN_TAPS = {
 
 def from_run(workdir: str) -> FeatureNet:
     from jvlm.tasks import get_task_class
-    from jvlm.train.checkpoint import load_params
+    from jvlm.train.run_loader import load_run
 
-    config = load_run_config(workdir, tuple(_RUN_TAPS), "perceptual features need a trained image encoder: give "
-                             f"the workdir of a {' / '.join(_RUN_TAPS)} run")
+    run = load_run(workdir, tuple(_RUN_TAPS), "perceptual features need a trained image encoder: give "
+                   f"the workdir of a {' / '.join(_RUN_TAPS)} run")
+    config = run.config
     pattern, method = _RUN_TAPS[config.task]
     model = get_task_class(config.task)(config, None, None).model
-    step, params = load_params(workdir, ema=True)
     size = config.data.image_size
     regex = re.compile(pattern)
 
@@ -105,4 +104,4 @@ def from_run(workdir: str) -> FeatureNet:
                                and bool(regex.fullmatch("/".join(m.path))))
         return [v for v in jax.tree.leaves(state["intermediates"])]
 
-    return FeatureNet(features, params["main"], f"{config.task} image encoder of {workdir} (step {step})")
+    return FeatureNet(features, run.params["main"], f"{config.task} image encoder of {workdir} (step {run.step})")

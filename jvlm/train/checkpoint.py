@@ -3,9 +3,10 @@
 - Two items per step: `state` (the TrainState pytree, params/opt/rng/step) and `data` (JSON).
 - Restore goes through an abstract state that carries the *current* shardings, so a checkpoint
   written on 8 devices restores on 1 and vice versa.
-- A latest checkpoint that fails to restore (truncated, corrupt) is reported, moved aside to
-  `checkpoints_corrupt/`, and the previous good one is used. Orbax refuses to write a step that
+- A latest checkpoint that fails to restore (truncated, corrupt) is reported in one line, moved aside
+  to `checkpoints_corrupt/`, and the previous good one is used. Orbax refuses to write a step that
   already exists, so nothing is silently overwritten.
+- Finished runs are read for inference (parameters only, no optimizer state) by `run_loader`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from jvlm.train.run_loader import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +67,25 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
         """Newest restorable (step, state, data_state); None if there is no checkpoint."""
-        for step in reversed(self.steps()):
-            try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-                return step, restored["state"], dict(restored["data"])
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-                self._quarantine(step, e)
-        return None
+        previous_hook, failed = _silence_stray_reads(), False
+        try:
+            for step in reversed(self.steps()):
+                try:
+                    restored = self._manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                    return step, restored["state"], dict(restored["data"])
+                except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                    failed = True
+                    self._quarantine(step, e)
+            return None
+        finally:
+            if not failed:  # a failed restore's stray reads may still finish later: keep them quiet
+                sys.unraisablehook = previous_hook
 
     def _quarantine(self, step: int, error: Exception) -> None:
         src = os.path.join(self.directory, str(step))
         dst = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt", f"{step}-{int(time.time())}")
-        msg = (f"checkpoint at step {step} could not be restored ({type(error).__name__}: "
-               f"{str(error).splitlines()[0][:300] if str(error) else ''}); moved to {dst}; "
+        msg = (f"checkpoint at step {step} could not be restored ({_root_cause(error)}); moved to {dst}; "
                f"falling back to the previous checkpoint.")
         log.error(msg)
         print(f"WARNING: {msg}", flush=True)
@@ -93,33 +102,50 @@ class Checkpointer:
         self._manager.close()
 
 
-def find_checkpoint_dir(path: str) -> str:
-    """A run's workdir or its checkpoints/ folder -> the checkpoints folder."""
-    for candidate in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
-            return os.path.abspath(candidate)
-    raise FileNotFoundError(f"no checkpoints under {path!r}: give a run's workdir or its checkpoints/ folder.")
+def _root_cause(error: BaseException) -> str:
+    """'Type: first line' of the innermost cause: Orbax wraps a failed array read in an Exception whose
+    text is a whole TensorStore spec; the TensorStore error under it names the file and what is wrong."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).splitlines()[0][:500] if str(error) else ""
+    return f"{type(error).__name__}: {text}"
+
+
+def _silence_stray_reads():
+    """Installs an unraisable-exception hook that drops the echoes of a failed restore; returns the
+    previous hook.
+
+    When one array of a checkpoint fails to read, Orbax's restore raises and closes its event loop while
+    TensorStore still reads the other arrays; as each read finishes, its callback finds the loop closed
+    and Python prints 'RuntimeError: Event loop is closed' with a traceback, one per array (hundreds of
+    lines after the one line that matters). Anything else goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    return previous
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+            and tb is not None and tb.tb_frame.f_code.co_name == "_check_closed")
 
 
 def load_params(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any]]:
-    """(step, params by group) from the newest checkpoint of a run, as host numpy arrays.
-
-    For initializing from another run (LiT, fine-tuning) and for inference; restored without
-    a target, so the saving run's mesh does not matter.
-    """
-    step, params, _ = load_for_inference(path, ema=ema)
-    return step, params
+    """(step, params by group) of the newest checkpoint of a run, as host numpy arrays (see run_loader)."""
+    weights = load_weights(path, ema=ema)
+    return weights.step, weights.params
 
 
 def load_for_inference(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any], Any]:
-    """(step, params by group, model_state) of the newest checkpoint: everything a model needs to run
-    (an EMA codebook lives in model_state); the optimizer state is not read into memory."""
-    directory = find_checkpoint_dir(path)
-    manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
-    params = restored.get("ema_params") if ema and restored.get("ema_params") is not None else restored["params"]
-    host = lambda tree: jax.tree.map(lambda x: jax.device_get(x), tree)  # noqa: E731
-    return step, host(params), host(restored.get("model_state"))
+    """(step, params by group, model_state) of the newest checkpoint, as host numpy arrays; the optimizer
+    state is not read (see run_loader)."""
+    weights = load_weights(path, ema=ema)
+    return weights.step, weights.params, weights.model_state
