@@ -15,12 +15,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The shapes tokenizer every short run trains (seconds of caption generation) is trained once per key.
+os.environ.setdefault("JVLM_CACHE_DIR", CACHE)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/helpers.py, shared test modules
-from helpers import run_cli, train_cmd  # noqa: E402
+from helpers import shared_cli_run, train_cmd  # noqa: E402
 
 
 def pytest_configure(config):
@@ -29,7 +31,6 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
-    """The tiny config trained by the real CLI, 1 process x 8 devices: (workdir, CompletedProcess)."""
-    workdir = tmp_path_factory.mktemp("reference")
-    proc = run_cli(train_cmd(workdir))
-    return workdir, proc
+    """The tiny config trained by the real CLI, 1 process x 8 devices: (workdir, its output), trained once
+    for all test workers. Read it, never write to it (copy it first)."""
+    return shared_cli_run(tmp_path_factory, "reference", lambda workdir: train_cmd(workdir))

@@ -1,8 +1,12 @@
 """Helpers shared by test modules (tests/ is on sys.path via conftest.py)."""
 
+import fcntl
+import json
 import os
+import pathlib
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -28,6 +32,21 @@ def run_cli(args, *, env=None, timeout=600, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def shared_cli_run(tmp_path_factory, name, make_args, *, env=None):
+    """A CLI run that every pytest-xdist worker of this session shares: the first worker to ask runs
+    `make_args(workdir)`, the others wait on a file lock and reuse its workdir. Returns (workdir, output) with
+    the output's stdout and stderr. Session-scoped fixtures alone would run it once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder, not older ones
+    workdir, record = root / f"shared_{name}", root / f"shared_{name}.json"
+    with open(root / f"shared_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            proc = run_cli(make_args(workdir), env=env)
+            record.write_text(json.dumps({"stdout": proc.stdout, "stderr": proc.stderr}))
+    return pathlib.Path(workdir), types.SimpleNamespace(**json.loads(record.read_text()))
 
 
 def random_inception_weights(seed=0) -> dict:

@@ -8,6 +8,7 @@ count, never crash"; pipelines sum the flags into a counter).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -41,14 +42,18 @@ def train_sentencepiece(texts: Iterable[str], model_path: str, vocab_size: int =
         num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
         hard_vocab_limit=False, character_coverage=1.0, minloglevel=2)
     model_path = os.fspath(model_path)
-    directory = os.path.dirname(os.path.abspath(model_path))
+    _write_atomically(model_path, buffer.getvalue())
+    return model_path
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Concurrent processes may write the same model at the same time: each renames a whole file into place."""
+    directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    # Write atomically: concurrent processes may train the same model at the same time.
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".model.tmp")
     with os.fdopen(fd, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, model_path)
-    return model_path
+        f.write(data)
+    os.replace(tmp, path)
 
 
 class Tokenizer:
@@ -144,11 +149,43 @@ def shapes_tokenizer(model_path: str, vocab_size: int = 512, num_captions: int =
     unigram trainer finds under 100 seed pieces and splits common words into characters
     (~37 tokens per caption on average, up to ~105), while BPE learns whole words (~17, at most
     ~45). Captions of the train split only, so the unseen zero-shot classes add no new words.
+
+    Making the 20,000 captions takes seconds of Python (each lays out its scene); with
+    JVLM_CACHE_DIR set, the trained model is kept there and copied for later runs (see
+    `_cache_path`), which the test suite's many short runs use.
     """
     if not os.path.exists(model_path):
-        from jvlm.data.shapes import ShapesSource
+        cached = _cache_path(vocab_size, num_captions, seed, model_type)
+        if cached and os.path.exists(cached):
+            with open(cached, "rb") as f:
+                _write_atomically(model_path, f.read())
+        else:
+            from jvlm.data.shapes import ShapesSource
 
-        source = ShapesSource("train", seed=seed, num_examples=max(num_captions, 1))
-        captions = (source.caption(i) for i in range(num_captions))
-        train_sentencepiece(captions, model_path, vocab_size=vocab_size, model_type=model_type)
+            source = ShapesSource("train", seed=seed, num_examples=max(num_captions, 1))
+            captions = (source.caption(i) for i in range(num_captions))
+            train_sentencepiece(captions, model_path, vocab_size=vocab_size, model_type=model_type)
+            if cached:
+                with open(model_path, "rb") as f:
+                    _write_atomically(cached, f.read())
     return Tokenizer(model_path)
+
+
+CACHE_DIR_ENV = "JVLM_CACHE_DIR"
+
+
+def _cache_path(*args) -> str | None:
+    """Where the shapes tokenizer trained with `args` is cached, or None without JVLM_CACHE_DIR. The key
+    holds everything the model file depends on: the arguments, SentencePiece's version and the source of
+    the caption generator and of this trainer, so editing either never serves a stale model."""
+    root = os.environ.get(CACHE_DIR_ENV)
+    if not root:
+        return None
+    from jvlm.data import shapes, shapes_render
+
+    digest = hashlib.sha256(repr((args, spm.__version__)).encode())
+    for source_file in (shapes.__file__, shapes_render.__file__, __file__):
+        with open(source_file, "rb") as f:
+            digest.update(f.read())
+    return os.path.join(root, "tokenizers", f"shapes-{digest.hexdigest()[:24]}.model")
+

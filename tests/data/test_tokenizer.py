@@ -113,6 +113,23 @@ def test_shapes_tokenizer_loads_existing_model(tmp_path):
     assert again.vocab_size == first.vocab_size <= 200
 
 
+def test_the_cache_serves_the_model_training_would_make_and_keys_on_the_arguments(tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh.model"
+    monkeypatch.delenv("JVLM_CACHE_DIR", raising=False)
+    shapes_tokenizer(str(fresh), vocab_size=200, num_captions=400)
+    monkeypatch.setenv("JVLM_CACHE_DIR", str(tmp_path / "cache"))
+    shapes_tokenizer(str(tmp_path / "a.model"), vocab_size=200, num_captions=400)  # trains and fills the cache
+    (cached,) = os.listdir(tmp_path / "cache" / "tokenizers")
+    import jvlm.data.shapes as shapes_module
+    monkeypatch.setattr(shapes_module.ShapesSource, "caption", lambda *_: pytest.fail("trained, not copied"))
+    shapes_tokenizer(str(tmp_path / "b.model"), vocab_size=200, num_captions=400)
+    assert (tmp_path / "b.model").read_bytes() == (tmp_path / "a.model").read_bytes() == fresh.read_bytes()
+    monkeypatch.undo()
+    monkeypatch.setenv("JVLM_CACHE_DIR", str(tmp_path / "cache"))
+    other = shapes_tokenizer(str(tmp_path / "c.model"), vocab_size=100, num_captions=400)  # another key: trained
+    assert len(os.listdir(tmp_path / "cache" / "tokenizers")) == 2 and other.vocab_size <= 100
+
+
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Tokenizer(str(tmp_path / "missing.model"))
