@@ -1,9 +1,12 @@
 """FSDP, tensor and sequence parallelism on 8 simulated devices: same results, less memory per device."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
 from helpers import contrastive_setup, fake_batches, train
+from test_step import lowered_step
 
 from jvlm import sharding
 from jvlm.config import ConfigError
@@ -34,15 +37,25 @@ def data_parallel_run():
     return jax.device_get(state), losses
 
 
-@pytest.mark.parametrize("mesh", [
-    FSDP,
-    ("mesh.data=2", "mesh.fsdp=2", "mesh.model=2"),                                      # FSDP x tensor parallel
-    ("mesh.data=4", "mesh.model=2", "sharding_rules=(('length', 'model'),)"),           # + sequence parallel
-])
-def test_fsdp_and_tensor_parallel_runs_match_the_data_parallel_run(mesh, data_parallel_run):
+def length_split_activations(text: str) -> set[str]:
+    """Shapes of the [batch, length, embed] activations the lowered step constrains with length over `model`."""
+    spec = r'<@mesh, \[\{[^}]*\}, \{"model"\}, \{\}\]>'  # [batch: any, length: model, embed: unsplit]
+    return set(re.findall(r"sdy\.sharding_constraint [^\n]*" + spec + r" : tensor<(\w+)>", text))
+
+
+@pytest.mark.parametrize("mesh, length_split", [
+    (FSDP, set()),
+    (("mesh.data=2", "mesh.fsdp=2", "mesh.model=2"), set()),                                    # FSDP x tensor parallel
+    (("mesh.data=4", "mesh.model=2", "sharding_rules=(('length', 'model'),)"),                  # + sequence parallel:
+     {"16x16x32xf32", "16x24x32xf32"}),                                      # the 16 patches and the 24 tokens split
+], ids=["fsdp", "fsdp_tensor", "sequence"])
+def test_fsdp_and_tensor_parallel_runs_match_the_data_parallel_run(mesh, length_split, data_parallel_run):
     ref_state, ref = data_parallel_run
     fn, state, m = contrastive_setup(8, *mesh, *SGD)
-    state, got = train(fn, state, m, fake_batches(3))
+    batches = fake_batches(3)
+    step, text = lowered_step(fn, state, m, batches[0])
+    assert length_split_activations(text) == length_split  # the rule table reached the activations
+    state, got = train(step, state, m, batches)
     np.testing.assert_allclose(got, ref, rtol=2e-5)
     for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
