@@ -43,6 +43,7 @@ def test_restart_from_state_continues_the_same_stream():
     state = it.get_state()
     assert state["next_step"] == 3
     resumed = global_batches(2, start=state["next_step"])  # restored on a different process count
+    assert len(full) == 6 and len(resumed) == 3  # the remaining steps, each compared below
     for a, b in zip(full[3:], resumed):
         assert np.array_equal(a["image"], b["image"])
 

@@ -25,7 +25,9 @@ def build(*overrides):
 
 
 def test_cli_run_lowers_the_loss_and_reports_a_finite_elbo(tmp_path):
-    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path)])
+    # Trained with a KL weight of 0.5: the loss is NLL + 0.5 KL, but bits/dim must stay the ELBO, NLL + KL (at
+    # beta = 1 the two coincide and the test could not tell them apart).
+    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path), "--config.model.beta=0.5"])
     rows = read_metrics(tmp_path)
     last = rows[-1]
     assert last["loss"] < rows[0]["loss"]
@@ -33,8 +35,13 @@ def test_cli_run_lowers_the_loss_and_reports_a_finite_elbo(tmp_path):
                 "bits_per_dim", "kl", "psnr", "decoder_scale"):
         assert key in last and math.isfinite(last[key]), key
     assert 0 < last["eval/bits_per_dim"] < 16
-    np.testing.assert_allclose(last["eval/bits_per_dim"],
-                               last["eval/nll_bits_per_dim"] + last["eval/kl_bits_per_dim"], rtol=1e-5)
+    for prefix in ("eval/", ""):
+        np.testing.assert_allclose(last[f"{prefix}bits_per_dim"],
+                                   last[f"{prefix}nll_bits_per_dim"] + last[f"{prefix}kl_bits_per_dim"], rtol=1e-5)
+    # The loss (nats per dimension) is the beta-weighted bound, and the KL term is large enough to tell them apart.
+    nll, kl = last["nll_bits_per_dim"], last["kl_bits_per_dim"]
+    assert last["beta"] == 0.5 and kl > 1e-3 * nll
+    np.testing.assert_allclose(last["loss"], (nll + 0.5 * kl) * math.log(2), rtol=1e-5)
     assert last["decoder_scale"] < 1.0  # the learned log-scale moved from its initial 0
     assert sorted(os.listdir(tmp_path / "samples")) == ["reconstructions_0000010.png", "reconstructions_0000020.png"]
 

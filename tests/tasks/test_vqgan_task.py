@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 from helpers import REPO, run_cli
 from models.test_feature_nets import write_conv_net
 
@@ -19,6 +20,7 @@ from jvlm.tasks.vqvae import VQAutoencoder
 from jvlm.train import loop
 from jvlm.train.checkpoint import load_for_inference
 from jvlm.train.metrics import read_metrics
+from jvlm.train.run_loader import STATE_ITEM, restore_subtrees, stored_state
 from jvlm.train.step import StepContext
 
 TINY = "configs/vqgan_shapes.py:tiny"
@@ -32,11 +34,12 @@ def build(*overrides):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """20 tiny steps, the discriminator from step 10, perceptual features from a file the test wrote."""
+    """20 tiny steps, the discriminator from step 10, perceptual features from a file the test wrote; every
+    checkpoint (5, 10, 15, 20) kept."""
     tmp = tmp_path_factory.mktemp("vqgan")
     write_conv_net(tmp / "net.npz")
     proc = run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp / "run"), "--config.gan.start_step=10",
-                    f"--config.perceptual.weights_file={tmp / 'net.npz'}"])
+                    f"--config.perceptual.weights_file={tmp / 'net.npz'}", "--config.keep_checkpoints=4"])
     return tmp / "run", proc
 
 
@@ -52,6 +55,25 @@ def test_generator_and_discriminator_train_in_one_step_and_one_checkpoint(run):
     assert "eval/psnr" in rows[-1] and "disc/learning_rate" in rows[-1]
     _, params, _ = load_for_inference(str(workdir))
     assert set(params) == {"main", "disc"}
+    # The discriminator learns from gan.start_step on, and only then: bit for bit the same at steps 5 and 10 (while
+    # the tokenizer moved), different at 20.
+    at = params_at(workdir, (5, 10, 20))
+    assert trees_equal(at[5]["disc"], at[10]["disc"]) and not trees_equal(at[5]["main"], at[10]["main"])
+    assert not trees_equal(at[10]["disc"], at[20]["disc"])
+
+
+def params_at(workdir, steps) -> dict:
+    """{step: params by group} from the run's checkpoints at these steps (only the parameters are read)."""
+    out = {}
+    for step in steps:
+        directory = epath.Path(workdir) / "checkpoints" / str(step) / STATE_ITEM
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored_state(directory)["params"])
+        out[step] = restore_subtrees(directory, {"params": target})["params"]
+    return out
+
+
+def trees_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def test_a_checkpoint_tokenizes_and_detokenizes_outside_training(run, tmp_path):

@@ -113,8 +113,14 @@ def test_bad_inputs_are_named():
 
 def test_low_dimensional_cosine_lookup_trains():
     fn, state, mesh = setup(1, "model.quantizer.lookup_dim=4", "model.quantizer.cosine=True")
-    state, losses = run_steps(fn, state, mesh, n=2)
+    lookup = np.asarray(state.params["main"]["to_lookup"]["kernel"])
+    # One batch four times: the losses then differ only by training. The first update's learning rate is 0 (warm-up)
+    # and its step replaces the codebook by k-means; the two updates after it lower the loss by about a third (with
+    # a learning rate near 0 it stays within 1% of the first).
+    state, losses = train(fn, state, mesh, batches(1) * 4)
+    assert losses[-1] < 0.8 * losses[0], losses
     book = np.asarray(state.model_state["codebook"])
-    assert book.shape == (32, 4) and np.all(np.isfinite(losses))
+    assert book.shape == (32, 4)
     np.testing.assert_allclose(np.linalg.norm(book, axis=-1), 1.0, rtol=1e-4)  # codes stay on the sphere
-    assert state.params["main"]["to_lookup"]["kernel"].shape == (8, 4)
+    moved = np.asarray(state.params["main"]["to_lookup"]["kernel"])
+    assert moved.shape == (8, 4) and not np.allclose(moved, lookup)  # the projection into the lookup space learns
