@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from helpers import run_cli
 
 from jvlm.config import ConfigError, load_config
 from jvlm.models.autoencoder import decoder_settings
@@ -24,11 +23,11 @@ def build(*overrides):
     return task
 
 
-def test_cli_run_lowers_the_loss_and_reports_a_finite_elbo(tmp_path):
+def test_cli_run_lowers_the_loss_and_reports_a_finite_elbo(vae_run):
     # Trained with a KL weight of 0.5: the loss is NLL + 0.5 KL, but bits/dim must stay the ELBO, NLL + KL (at
     # beta = 1 the two coincide and the test could not tell them apart).
-    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path), "--config.model.beta=0.5"])
-    rows = read_metrics(tmp_path)
+    workdir, _ = vae_run
+    rows = read_metrics(workdir)
     last = rows[-1]
     assert last["loss"] < rows[0]["loss"]
     for key in ("eval/bits_per_dim", "eval/nll_bits_per_dim", "eval/kl_bits_per_dim", "eval/psnr", "eval/ssim",
@@ -43,7 +42,7 @@ def test_cli_run_lowers_the_loss_and_reports_a_finite_elbo(tmp_path):
     assert last["beta"] == 0.5 and kl > 1e-3 * nll
     np.testing.assert_allclose(last["loss"], (nll + 0.5 * kl) * math.log(2), rtol=1e-5)
     assert last["decoder_scale"] < 1.0  # the learned log-scale moved from its initial 0
-    assert sorted(os.listdir(tmp_path / "samples")) == ["reconstructions_0000010.png", "reconstructions_0000020.png"]
+    assert sorted(os.listdir(workdir / "samples")) == ["reconstructions_0000010.png", "reconstructions_0000020.png"]
 
 
 def test_encode_decode_shapes_and_bad_inputs_are_named():
