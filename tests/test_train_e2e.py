@@ -97,11 +97,13 @@ def test_training_on_a_users_jsonl_dataset(tmp_path):
     lines.append(json.dumps({"image": "missing.png", "caption": "dropped and counted"}))
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
     workdir = tmp_path / "run"
-    run_cli(train_cmd(workdir, "--config.data.source=folder", f"--config.data.path={tmp_path / 'data.jsonl'}",
+    proc = run_cli(train_cmd(workdir, "--config.data.source=folder", f"--config.data.path={tmp_path / 'data.jsonl'}",
                       "--config.total_steps=4", "--config.data.vocab_size=64",
                       "--config.profile.start_step=1", "--config.profile.num_steps=2"))
     rows = read_metrics(workdir)
     assert rows[-1]["step"] == 4 and np.isfinite(rows[-1]["loss"])
+    output = proc.stdout + proc.stderr  # the record without an image: dropped, counted, and said once
+    assert output.count("dropped 1 of 25 records (missing_image=1); kept 24") == 1, output[-3000:]
     assert (workdir / "tokenizer.model").exists()
     traces = [f for _, _, files in os.walk(workdir / "profile") for f in files]
     assert any(f.endswith((".xplane.pb", ".trace.json.gz")) for f in traces), traces

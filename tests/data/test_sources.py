@@ -345,7 +345,7 @@ def test_clear_errors(tmp_path):
 
 
 def test_folder_source_pickles_and_works_with_grain(tmp_path):
-    grain = pytest.importorskip("grain")
+    import grain  # a dependency: its absence is a failure, not a skip
     root = tmp_path / "data"
     for i in range(3):
         _write_pair(root, f"{i}", _solid((i * 80, 0, 0)), f"c{i}")
@@ -428,7 +428,7 @@ def tfds_dir(tmp_path_factory):
     Images are passed to `tfds.features.Image` as *encoded bytes*: passing numpy
     arrays would make TFDS call `tf.image.encode_png` (needs TensorFlow).
     """
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a dependency, as grain
     data_dir = tmp_path_factory.mktemp("tfds")
 
     class JvlmTinyCaps(tfds.core.GeneratorBasedBuilder, skip_registration=True):
