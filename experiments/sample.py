@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     from jvlm.eval.image_metrics import save_grid
     from jvlm.objectives.diffusion_sampler import check_request
     from jvlm.tasks.diffusion import DiffusionTask, sampling_settings
-    from jvlm.train.checkpoint import load_params
+    from jvlm.train.run_loader import load_weights
 
     try:
         config = load_run_config(args.workdir, ("diffusion",), "give the workdir of a diffusion run")
@@ -74,7 +74,8 @@ def main(argv=None) -> None:
     out = args.out or os.path.join(args.workdir, "samples", name)
     if os.path.exists(out):
         sys.exit(f"error: {out} exists; remove it or pass --out (samples are never overwritten)")
-    step, params = load_params(args.workdir, ema=True)
+    weights = load_weights(args.workdir, ema=True)
+    step, params = weights.step, weights.params
     rng = jax.random.key(args.seed)
     kw = dict(negative_prompt=args.negative_prompt, **settings._asdict())
     all_prompts = [p for p in prompts for _ in range(args.num)]

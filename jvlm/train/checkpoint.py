@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jvlm.train.run_loader import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +136,3 @@ def _is_closed_loop_callback(unraisable) -> bool:
     return (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
             and tb is not None and tb.tb_frame.f_code.co_name == "_check_closed")
 
-
-def load_params(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any]]:
-    """(step, params by group) of the newest checkpoint of a run, as host numpy arrays (see run_loader)."""
-    weights = load_weights(path, ema=ema)
-    return weights.step, weights.params
-
-
-def load_for_inference(path: str, *, ema: bool = False) -> tuple[int, dict[str, Any], Any]:
-    """(step, params by group, model_state) of the newest checkpoint, as host numpy arrays; the optimizer
-    state is not read (see run_loader)."""
-    weights = load_weights(path, ema=ema)
-    return weights.step, weights.params, weights.model_state

@@ -9,7 +9,7 @@ from flax.core import meta
 from jvlm.config import ConfigError, load_config
 from jvlm.tasks.contrastive import ContrastiveTask
 from jvlm.train import loop
-from jvlm.train.checkpoint import load_params
+from jvlm.train.run_loader import load_weights
 
 
 def test_lit_locks_the_pretrained_image_tower_and_trains_the_text_tower(tmp_path):
@@ -19,8 +19,9 @@ def test_lit_locks_the_pretrained_image_tower_and_trains_the_text_tower(tmp_path
     proc = run_cli(base + ["--config", "configs/siglip_shapes.py:tiny,lit", "--workdir", str(tmp_path / "lit"),
                            "--config.total_steps=4", f"--config.init_from.checkpoint={tmp_path / 'pre'}"])
     assert "initialized" in proc.stderr and "from" in proc.stderr
-    _, pre = load_params(str(tmp_path / "pre"))
-    step, lit = load_params(str(tmp_path / "lit"))
+    pre = load_weights(str(tmp_path / "pre")).params
+    lit = load_weights(str(tmp_path / "lit"))
+    step, lit = lit.step, lit.params
     assert step == 4
     for part in ("img", "img_proj"):
         for a, b in zip(jax.tree.leaves(pre["main"][part]), jax.tree.leaves(lit["main"][part])):

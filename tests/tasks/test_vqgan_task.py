@@ -18,7 +18,7 @@ from jvlm.eval.image_tokenizer import ImageTokenizer
 from jvlm.objectives import gan
 from jvlm.tasks.vqvae import VQAutoencoder
 from jvlm.train import loop
-from jvlm.train.checkpoint import load_for_inference
+from jvlm.train.run_loader import load_weights
 from jvlm.train.metrics import read_metrics
 from jvlm.train.run_loader import STATE_ITEM, restore_subtrees, stored_state
 from jvlm.train.step import StepContext
@@ -53,7 +53,7 @@ def test_generator_and_discriminator_train_in_one_step_and_one_checkpoint(run):
     assert all(r["adaptive_weight"] > 0 and r["gan_weight"] > 0 and r["disc/loss"] > 0 and r["perceptual"] > 0
                for r in after)
     assert "eval/psnr" in rows[-1] and "disc/learning_rate" in rows[-1]
-    _, params, _ = load_for_inference(str(workdir))
+    params = load_weights(str(workdir)).params
     assert set(params) == {"main", "disc"}
     # The discriminator learns from gan.start_step on, and only then: bit for bit the same at steps 5 and 10 (while
     # the tokenizer moved), different at 20.
