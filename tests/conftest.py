@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/helpers.py, shared test modules
-from helpers import shared_cli_run, train_cmd  # noqa: E402
+from helpers import devices_env, shared_cli_run, train_cmd  # noqa: E402
 
 
 def pytest_configure(config):
@@ -44,4 +44,18 @@ def vae_run(tmp_path_factory):
     task's end-to-end test and latent diffusion's frozen first stage. (workdir, its output); read only."""
     return shared_cli_run(tmp_path_factory, "vae", lambda workdir: [
         "experiments.train", "--config", "configs/vae_shapes.py:tiny", "--workdir", str(workdir),
-        "--config.model.beta=0.5"])
+        "--config.model.beta=0.5"], env=devices_env(1))
+
+
+# The files that hold the long CLI runs start first, so that the many short in-process files fill the workers at
+# the end instead of one long file running alone (pytest-xdist's loadfile hands files out in collection order).
+LONG_FILES = ("tasks/test_diffusion_cli.py", "tasks/test_vqgan_task.py", "test_multiprocess.py",
+              "tasks/test_vqvae_task.py", "tasks/test_diffusion_task.py", "test_train_e2e.py",
+              "tasks/test_dvae_task.py", "tasks/test_vae_task.py", "tasks/test_contrastive_task.py", "test_plan.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+    items.sort(key=rank)  # stable: the order within a file and among the other files is kept

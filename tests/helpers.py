@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import types
@@ -17,6 +18,14 @@ from jvlm.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config", "configs/siglip_shapes.py:tiny", "--config.eval_every=100"]
+
+
+def devices_env(n: int) -> dict:
+    """The test processes' XLA flags (conftest.py: the fast-compile settings) with n simulated devices, for a CLI
+    subprocess. A family's end-to-end run needs no mesh (the sharded step is tested in process against one device),
+    and a 1-device program compiles without the SPMD partitioner."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+    return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n}".strip()}
 
 
 def train_cmd(workdir, *extra):

@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import pytest
-from helpers import REPO, run_cli, train_cmd
+from helpers import REPO, devices_env, run_cli, train_cmd
 
 from jvlm.train.metrics import read_metrics
 
 TWO_BY_FOUR = ["launch.local", "--processes", "2", "--devices-per-process", "4", "--", "python", "-m"]
-ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+ONE_DEVICE = devices_env(1)
 
 
 def losses(rows):

@@ -21,8 +21,14 @@ class TrainState:
 
     @classmethod
     def create(cls, params, opt_state, model_state, rng, use_ema: bool):
-        return cls(
+        """Every leaf gets a strong dtype: a weak-typed leaf (e.g. `jnp.full(n, 1.0 / n)`) comes back from the
+        first step strongly typed, and the step would be traced and compiled a second time for it."""
+        return jax.tree.map(_strong, cls(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
             model_state=model_state if model_state is not None else {},
             ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
-            rng=rng, nonfinite_count=jnp.zeros((), jnp.int32))
+            rng=rng, nonfinite_count=jnp.zeros((), jnp.int32)))
+
+
+def _strong(x):
+    return x.astype(x.dtype) if getattr(x, "weak_type", False) else x

@@ -24,17 +24,35 @@ def perturbed(params, scale: float):
     return jax.tree.unflatten(tree, [v + scale * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
 
 
-def test_class_conditional_variant_trains_on_single_objects_with_a_null_class():
-    # A learning rate of 1e-2 (the tiny config's 1e-3 moves the loss less than its step-to-step noise in 8 steps).
-    cfg = load_config("configs/ddpm_shapes.py:tiny,class", ["--config.optimizer.learning_rate=1e-2"])
+def test_class_conditional_self_conditioned_variant_trains_on_single_objects_with_a_null_class():
+    # Class conditioning and self-conditioning in one model, one compiled step. A learning rate of 1e-2 (the tiny
+    # config's 1e-3 moves the loss less than its step-to-step noise in 8 steps).
+    cfg = load_config("configs/ddpm_shapes.py:tiny,class", ["--config.optimizer.learning_rate=1e-2",
+                                                             "--config.diffusion.self_condition=True"])
     task, mesh = loop.build(cfg, None, devices=jax.devices()[:1])
     task.setup()
     batch = {k: v for k, v in next(task.train_loader(0, (0, cfg.batch_size))).items() if not k.startswith("_")}
     assert set(batch) >= {"image", "label"} and "text" not in batch
     _, shardings, groups, init_state = loop.abstract_state(task, cfg, mesh)
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
-    embedding = np.asarray(state.params["main"]["denoiser"]["class_embedding"])
+    init_params = state.params["main"]
+    embedding = np.asarray(init_params["denoiser"]["class_embedding"])
     assert embedding.shape[0] == 49  # 48 classes + the null class
+    assert init_params["denoiser"]["conv_in"]["kernel"].shape[2] == 6  # [x_t, x0 estimate]
+
+    # Self-conditioning: the estimate's input weights get gradient exactly on the batches that ran the first pass
+    # (an input of zeros gives none): about half of them. On perturbed weights: zero-initialized output layers block
+    # every gradient path at init.
+    params = perturbed(init_params, 0.05)
+    device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    class Ctx:
+        step, model_state, carry = jnp.int32(0), {}, {}
+    grad = jax.jit(jax.grad(lambda p, r: task.loss_fn({"main": p}, device_batch, r, Ctx()).loss))
+    reads = [float(jnp.abs(grad(params, jax.random.key(i))["denoiser"]["conv_in"]["kernel"][:, :, 3:]).max()) > 0
+             for i in range(12)]
+    assert 2 <= sum(reads) <= 10, reads
+
     # Eight steps on one batch: the loss falls from the zero-initialized output's 1.0 by far more than the 0.01
     # its noise draws move it, and exactly the batch's classes and the null class (conditioning dropout) learn.
     state, losses = train(loop.jit_train_step(task, groups, shardings), state, mesh, [batch] * 8)
@@ -44,6 +62,9 @@ def test_class_conditional_variant_trains_on_single_objects_with_a_null_class():
     assert task.encode_prompts(["a large red circle"])["label"].tolist() == [0]
     with pytest.raises(ValueError, match="names none of 48 classes"):
         task.encode_prompts(["a red thing"])
+    # The sampler feeds the previous step's estimate back in.
+    images = task.generate(state.params["main"], ["a large red circle"] * 2, jax.random.key(3))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
 
 
 def test_config_errors_name_the_fix():
@@ -116,28 +137,6 @@ def test_dit_denoiser_in_the_task_starts_as_identity_blocks_and_learns():
     g = grads["denoiser"]
     assert float(jnp.abs(g["final"]["kernel"]).max()) > 0      # the zero-initialized output layer learns first
     assert float(jnp.abs(g["block0"]["attn"]["query"]["kernel"]).max()) == 0  # gated off by adaLN-Zero at init
-
-
-def test_self_conditioning_trains_on_its_own_estimate_on_half_the_batches_and_samples():
-    cfg = load_config(DDPM, ["--config.diffusion.self_condition=True"])
-    task, _ = loop.build(cfg, None, devices=jax.devices()[:1])
-    task.setup()
-    params, _ = jax.jit(task.init)(jax.random.key(0))
-    params = nn.unbox(params)["main"]
-    assert params["denoiser"]["conv_in"]["kernel"].shape[2] == 6  # [x_t, x0 estimate]
-    params = perturbed(params, 0.05)
-    batch = {k: jnp.asarray(v) for k, v in next(task.train_loader(0, (0, cfg.batch_size))).items() if k[0] != "_"}
-
-    class Ctx:
-        step, model_state, carry = jnp.int32(0), {}, {}
-    grad = jax.jit(jax.grad(lambda p, r: task.loss_fn({"main": p}, batch, r, Ctx()).loss))
-    # The estimate's input weights get gradient exactly on the batches that ran the first pass (an input of
-    # zeros gives none): about half of them.
-    reads = [float(jnp.abs(grad(params, jax.random.key(i))["denoiser"]["conv_in"]["kernel"][:, :, 3:]).max()) > 0
-             for i in range(12)]
-    assert 2 <= sum(reads) <= 10, reads
-    images = task.generate(params, ["a large red circle"] * 2, jax.random.key(3))
-    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
 
 
 def test_prompt_classes_and_frechet_distance():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import meta
-from helpers import run_cli
+from helpers import devices_env, run_cli
 
 from jvlm import sharding
 from jvlm.config import ConfigError, load_config
@@ -35,7 +35,7 @@ def images(n=4, size=32, seed=0):
 
 
 def test_cli_run_anneals_tau_lowers_the_loss_and_reports_code_metrics(tmp_path):
-    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path)])
+    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path)], env=devices_env(1))
     rows = read_metrics(tmp_path)
     first, last = rows[0], rows[-1]
     assert last["loss"] < first["loss"]

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import devices_env, run_cli
 from flax.core import meta
 
 from jvlm.config import ConfigError, load_config
@@ -12,14 +12,13 @@ from jvlm.train import loop
 from jvlm.train.run_loader import load_weights
 
 
-def test_lit_locks_the_pretrained_image_tower_and_trains_the_text_tower(tmp_path):
-    base = ["experiments.train", "--config.eval_every=100"]
-    run_cli(base + ["--config", "configs/siglip_shapes.py:tiny", "--workdir", str(tmp_path / "pre"),
-                    "--config.total_steps=5"])
-    proc = run_cli(base + ["--config", "configs/siglip_shapes.py:tiny,lit", "--workdir", str(tmp_path / "lit"),
-                           "--config.total_steps=4", f"--config.init_from.checkpoint={tmp_path / 'pre'}"])
+def test_lit_locks_the_pretrained_image_tower_and_trains_the_text_tower(reference_run, tmp_path):
+    pretrained, _ = reference_run  # the tiny SigLIP run the suite trains once
+    proc = run_cli(["experiments.train", "--config.eval_every=100", "--config", "configs/siglip_shapes.py:tiny,lit",
+                    "--workdir", str(tmp_path / "lit"), "--config.total_steps=4",
+                    f"--config.init_from.checkpoint={pretrained}"], env=devices_env(1))
     assert "initialized" in proc.stderr and "from" in proc.stderr
-    pre = load_weights(str(tmp_path / "pre")).params
+    pre = load_weights(str(pretrained)).params
     lit = load_weights(str(tmp_path / "lit"))
     step, lit = lit.step, lit.params
     assert step == 4

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_cli, step_setup, train
+from helpers import devices_env, run_cli, step_setup, train
 
 from jvlm.config import ConfigError, load_config
 from jvlm.data.pixels import images_to_float
@@ -34,7 +34,7 @@ def run_steps(fn, state, mesh, n=3):
 
 
 def test_cli_run_logs_reconstruction_metrics_and_writes_a_png_grid(tmp_path):
-    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path)])
+    run_cli(["experiments.train", "--config", TINY, "--workdir", str(tmp_path)], env=devices_env(1))
     rows = read_metrics(tmp_path)
     last = rows[-1]
     for key in ("eval/psnr", "eval/ssim", "eval/codebook_usage", "eval/perplexity", "psnr", "perplexity"):
