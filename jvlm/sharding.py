@@ -9,8 +9,8 @@ Strategies come from the mesh shape, with one rule table:
 - data parallel: mesh data=N. Parameters replicated, batch split.
 - FSDP (ZeRO-3): mesh fsdp=N. Parameters and optimizer state split on their "embed" dimension;
   the batch is split over data x fsdp, so XLA all-gathers weights per layer, reduce-scatters grads.
-- tensor parallel (Megatron): mesh model=N. Attention heads, MLP hidden units and the vocabulary
-  split over `model`; activations of those dimensions too.
+- tensor parallel (Megatron): mesh model=N. Attention heads (and grouped-query K/V heads), MLP hidden
+  units and the vocabulary split over `model`; activations of those dimensions too, and the KV cache.
 - sequence parallel: `config.sharding_rules = (("length", "model"),)` also splits the
   [batch, length, embed] activations between the tensor-parallel blocks over `model`.
 `config.sharding_rules` entries (logical axis, mesh axes) replace the default rule of that axis.
@@ -42,9 +42,13 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("mlp", "model"),
     ("heads", "model"),
+    ("kv_heads", "model"),     # grouped-query K/V heads (a mesh that does not divide them: map to None)
+    ("head_dim", None),
     ("kv", None),
     ("vocab", "model"),
     ("length", None),
+    ("cache_length", None),    # the KV cache's sequence axis (decoding)
+    ("layers", None),          # the stacked layers of an nn.scan
     ("patch", None),
     ("channels", None),
 )

@@ -77,6 +77,46 @@ def test_grad_accumulation_matches_one_big_batch(n_devices):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_devices", [1, 8])
+def test_token_weighted_accumulation_equals_one_batch_with_unequal_tokens_per_microbatch(n_devices):
+    # A per-token loss over rows with very different numbers of supervised tokens: the k = 4 micro-batches hold
+    # 3, 24, 57 and 110 tokens (the rows are dealt round-robin, see split_microbatches). Averaging micro-batch means
+    # would weight a token of the first micro-batch 37x more than one of the last; weighting by tokens must give
+    # exactly the gradient of one batch's mean over all its 194 tokens.
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)}
+    lengths = np.array([[1, 5, 14, 28], [1, 6, 14, 27], [1, 6, 14, 27], [0, 7, 15, 28]]).reshape(-1)  # row r: micro r % 4
+    batch = {"x": rng.normal(size=(16, 32, 3)).astype(np.float32), "y": rng.normal(size=(16, 32, 5)).astype(np.float32),
+             "w": (np.arange(32)[None] < lengths[:, None]).astype(np.float32)}
+    assert [int(batch["w"][i::4].sum()) for i in range(4)] == [3, 24, 57, 110]
+
+    def loss_fn(p, b, rng, ctx):
+        per_token = jnp.sum((b["x"] @ p["main"]["w"] - b["y"]) ** 2, -1)
+        tokens = jnp.sum(b["w"])
+        mean = jnp.sum(per_token * b["w"]) / jnp.maximum(tokens, 1.0)
+        return LossOutput(mean, {"mean_again": mean}, weight=tokens)
+
+    mesh = sharding.make_mesh({"data": -1}, jax.devices()[:n_devices])
+    tx = optax.sgd(0.05)
+    out = {}
+    for k in (1, 4):
+        step = jax.jit(make_train_step([ParamGroup("main", loss_fn, tx)], grad_accum_steps=k))
+        state = TrainState.create({"main": params}, {"main": tx.init(params)}, {}, jax.random.PRNGKey(0), False)
+        state, m = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        out[k] = (state, m)
+    (s1, m1), (s4, m4) = out[1], out[4]
+    assert float(m1["tokens"]) == float(m4["tokens"]) == 194
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m4["mean_again"]), float(m1["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(s4.params["main"]["w"]), np.asarray(s1.params["main"]["w"]), rtol=1e-5,
+                               atol=1e-6)
+    # and the mean of micro-batch means (what an unweighted loss gets) is measurably different here
+    per_micro = [float(loss_fn({"main": params}, {k: v[i::4] for k, v in batch.items()}, None, None).loss)
+                 for i in range(4)]
+    first_loss = float(loss_fn({"main": params}, batch, None, None).loss)
+    assert abs(np.mean(per_micro) - first_loss) > 0.05 * first_loss
+
+
 def test_nonfinite_step_is_skipped_and_counted():
     params, batch, loss_fn = mlp_problem()
     tx = optax.adam(1e-2)

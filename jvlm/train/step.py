@@ -43,6 +43,11 @@ class LossOutput(NamedTuple):
     metrics: dict = {}
     model_state: Any = None   # None: unchanged
     carry: Any = None         # handed to later groups as ctx.carry[this group's name]
+    # The number of things `loss` and `metrics` average over (tokens of a cross-entropy). With it, gradient
+    # accumulation weights each micro-batch by it (so the k micro-batches give the gradient of one batch's mean
+    # over all its tokens, however unevenly they fall), and the step logs their sum as `tokens`. None: every
+    # micro-batch counts the same (a per-example mean of equal-sized micro-batches).
+    weight: Any = None
 
 
 LossFn = Callable[[dict, dict, jax.Array, StepContext], LossOutput]
@@ -124,7 +129,10 @@ def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_
                 return out.loss, out
             (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params[group.name])
             new_ms = ms if out.model_state is None else out.model_state
-            return loss, dict(out.metrics), new_ms, grads, jax.lax.stop_gradient(out.carry)
+            metrics = dict(out.metrics)
+            if out.weight is not None:
+                metrics["tokens"] = jnp.asarray(out.weight, jnp.float32)
+            return loss, metrics, new_ms, grads, jax.lax.stop_gradient(out.carry)
 
         if grad_accum_steps == 1:
             return micro(model_state, batch, rng, carries)
@@ -133,17 +141,27 @@ def make_train_step(groups: list[ParamGroup], *, grad_accum_steps: int = 1, ema_
         mbs = split_microbatches(batch, grad_accum_steps)
         first = jax.tree.map(lambda x: x[0], (mbs, carries))
         shapes = jax.eval_shape(micro, model_state, first[0], rng, first[1])
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0], shapes[1], shapes[3]))
+        weighted = "tokens" in shapes[1]
+        metric_shapes = {k: v for k, v in shapes[1].items() if k != "tokens"}
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0], metric_shapes, shapes[3]))
 
         def body(acc_ms, xs):
             i, mb, mcarries = xs
-            acc, ms = acc_ms
+            (acc, tokens), ms = acc_ms
             loss, metrics, ms, grads, out_carry = micro(ms, mb, jax.random.fold_in(rng, i), mcarries)
-            acc = jax.tree.map(lambda a, x: a + x / grad_accum_steps, acc, (loss, metrics, grads))
-            return (acc, ms), out_carry
+            if weighted:  # each micro-batch's means times its tokens; divided by all the tokens below
+                w = metrics.pop("tokens")
+                acc, tokens = jax.tree.map(lambda a, x: a + x * w, acc, (loss, metrics, grads)), tokens + w
+            else:
+                acc = jax.tree.map(lambda a, x: a + x / grad_accum_steps, acc, (loss, metrics, grads))
+            return ((acc, tokens), ms), out_carry
 
-        ((loss, metrics, grads), model_state), out_carries = jax.lax.scan(
-            body, (zeros, model_state), (jnp.arange(grad_accum_steps), mbs, carries))
+        (((loss, metrics, grads), tokens), model_state), out_carries = jax.lax.scan(
+            body, ((zeros, jnp.zeros((), jnp.float32)), model_state), (jnp.arange(grad_accum_steps), mbs, carries))
+        if weighted:
+            total = jnp.maximum(tokens, 1e-9)
+            loss, metrics, grads = jax.tree.map(lambda x: x / total, (loss, metrics, grads))
+            metrics["tokens"] = tokens
         return loss, metrics, model_state, grads, out_carries
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
