@@ -3,7 +3,8 @@
     python -m experiments.bench --config configs/siglip_shapes.py:tiny --steps 20 [--config.k=v ...]
 
 Fields: examples_per_s, step_ms_median, compile_s, params, flops_per_step (global, from XLA's cost
-analysis of the per-device program x devices), peak_flops and its source, mfu, devices, backend.
+analysis of the per-device program x devices), peak_flops and its source, mfu, devices, backend; for sequence
+tasks (language models) also tokens_per_s and mfu_6nd from the analytic count (jvlm.train.flops).
 On CPU the peak is measured here with a large f32 matmul on the whole machine; simulated CPU
 devices share that one machine, so their peak is not multiplied by the device count.
 The batch is one real batch from the experiment's loader, reused, so data loading is not timed.
@@ -18,37 +19,6 @@ import time
 
 from experiments.common import parse
 
-# Published dense peaks per chip (bf16), used when the backend is not CPU.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-              "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
-
-
-def measure_cpu_peak(n: int = 2048, repeats: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times)
-
-
-def device_peak():
-    import jax
-
-    dev = jax.devices()[0]
-    if dev.platform == "cpu":
-        return measure_cpu_peak(), "measured: f32 2048x2048 matmul on this machine"
-    for name, peak in PEAK_FLOPS.items():
-        if name.lower() in dev.device_kind.lower():
-            return peak * jax.device_count(), f"published bf16 peak of {dev.device_kind} x {jax.device_count()}"
-    return float("nan"), f"unknown peak for {dev.device_kind}"
-
 
 def main(argv=None) -> None:
     args, config = parse(__doc__, lambda p: p.add_argument("--steps", type=int, default=20), argv)
@@ -57,6 +27,7 @@ def main(argv=None) -> None:
     from jvlm import sharding
     from jvlm.data.pipeline import split_host_stats
     from jvlm.train import loop
+    from jvlm.train.flops import device_peak
 
     workdir = tempfile.mkdtemp(prefix="jvlm_bench_")
     task, mesh = loop.build(config, workdir)
@@ -82,13 +53,19 @@ def main(argv=None) -> None:
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
     peak, peak_source = device_peak()
+    extra = {}
+    tokens = task.tokens_per_example
+    if tokens:  # sequence tasks: tokens/s, and MFU from the analytic count beside XLA's
+        flops_per_token = task.flops_per_token(state.params)
+        extra = {"tokens_per_s": config.batch_size * tokens / step_s, "flops_per_step_6nd": flops_per_token
+                 * tokens * config.batch_size, "mfu_6nd": flops_per_token * tokens * config.batch_size / step_s / peak}
     print(json.dumps({
         "config": args.config, "backend": jax.default_backend(), "devices": jax.device_count(),
         "global_batch": config.batch_size, "steps": args.steps,
         "examples_per_s": config.batch_size / step_s, "step_ms_median": 1e3 * step_s, "compile_s": compile_s,
         "params": loop.count_params(state.params),
         "flops_per_step": flops, "peak_flops": peak, "peak_source": peak_source,
-        "mfu": flops / step_s / peak,
+        "mfu": flops / step_s / peak, **extra,
     }))
 
 

@@ -197,7 +197,7 @@ def check_data_source(config: ml_collections.ConfigDict, supported: Sequence[str
     if source in supported:
         return
     message = f"config.data.source={source!r}: {reader} reads only data.source={' or '.join(map(repr, supported))}"
-    if "folder" not in supported:  # the families that do not read user data yet
+    if tuple(supported) == ("shapes",):  # the families that do not read user data yet
         message += (" for now; so far only the contrastive task reads user data ('folder', 'tfds'): drop the "
                     "override, or train a contrastive config (configs/siglip_shapes.py) on your data")
     raise ConfigError(message + ".")

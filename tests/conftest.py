@@ -51,7 +51,8 @@ def vae_run(tmp_path_factory):
 # the end instead of one long file running alone (pytest-xdist's loadfile hands files out in collection order).
 LONG_FILES = ("tasks/test_diffusion_cli.py", "tasks/test_vqgan_task.py", "test_multiprocess.py",
               "tasks/test_vqvae_task.py", "tasks/test_diffusion_task.py", "test_train_e2e.py",
-              "tasks/test_dvae_task.py", "tasks/test_vae_task.py", "tasks/test_contrastive_task.py", "test_plan.py")
+              "tasks/test_dvae_task.py", "tasks/test_lm_task.py", "tasks/test_vae_task.py",
+              "tasks/test_contrastive_task.py", "test_plan.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -18,29 +18,24 @@ import numpy as np
 Transform = Callable[[dict, np.random.Generator], dict]
 
 
-class StepIndexedLoader:
-    """Iterates process-local batches for steps start_step, start_step+1, ..., num_steps-1."""
+class StepRowLoader:
+    """Process-local batches for steps start_step, start_step+1, ..., num_steps-1, where row r of the global batch of
+    step s is `row_fn(s * global_batch + r)`: any pure function of that position (one example, or a packed row of
+    several). This process reads only its rows [start, stop) of each global batch."""
 
-    def __init__(self, source, *, global_batch: int, seed: int, transform: Transform, start_step: int,
-                 num_steps: int, rows: tuple[int, int] | None = None, shuffle: bool = True,
-                 num_threads: int = 2, prefetch: int = 4):
-        """rows: this process's [start, stop) of every global batch (default: all of it)."""
+    def __init__(self, row_fn: Callable[[int], dict], *, global_batch: int, seed: int, start_step: int,
+                 num_steps: int, rows: tuple[int, int] | None = None, num_threads: int = 2, prefetch: int = 4):
         first, stop = rows if rows is not None else (0, global_batch)
         if not 0 <= first < stop <= global_batch:
             raise ValueError(f"rows {rows} are not a non-empty range within the global batch {global_batch}")
-        if len(source) == 0:
-            raise ValueError(f"data source {source!r} is empty")
         self.global_batch, self.seed = global_batch, seed
         self.local_batch = stop - first
         self.next_step = start_step
-        stream = grain.MapDataset.source(source)
-        stream = (stream.shuffle(seed=seed) if shuffle else stream).repeat()
         b = self.local_batch
 
         def element(j: int) -> dict:
             step, r = divmod(j, b)
-            pos = step * global_batch + first + r
-            return transform(stream[pos], np.random.default_rng((seed, pos)))
+            return row_fn(step * global_batch + first + r)
 
         local = grain.MapDataset.range(start_step * b, max(num_steps, start_step) * b).map(element).batch(b)
         options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * b)
@@ -57,6 +52,27 @@ class StepIndexedLoader:
     def get_state(self) -> dict:
         """JSON-serializable; independent of the number of processes."""
         return {"next_step": self.next_step, "seed": self.seed, "global_batch": self.global_batch}
+
+
+def epoch_stream(source, seed: int, shuffle: bool = True):
+    """The infinite stream of a source: epoch e is a seeded permutation of it (grain's per-epoch shuffle)."""
+    if len(source) == 0:
+        raise ValueError(f"data source {source!r} is empty")
+    stream = grain.MapDataset.source(source)
+    return (stream.shuffle(seed=seed) if shuffle else stream).repeat()
+
+
+class StepIndexedLoader(StepRowLoader):
+    """One example per row: row position p reads stream[p], transformed with randomness seeded by (seed, p)."""
+
+    def __init__(self, source, *, global_batch: int, seed: int, transform: Transform, start_step: int,
+                 num_steps: int, rows: tuple[int, int] | None = None, shuffle: bool = True,
+                 num_threads: int = 2, prefetch: int = 4):
+        """rows: this process's [start, stop) of every global batch (default: all of it)."""
+        stream = epoch_stream(source, seed, shuffle)
+        super().__init__(lambda pos: transform(stream[pos], np.random.default_rng((seed, pos))),
+                         global_batch=global_batch, seed=seed, start_step=start_step, num_steps=num_steps, rows=rows,
+                         num_threads=num_threads, prefetch=prefetch)
 
 
 def even_rows(process_index: int, process_count: int, global_batch: int) -> tuple[int, int]:

@@ -159,7 +159,8 @@ class TfdsSource(SubstitutingReader):
       split: split spec (``"train"``, ``"train[:90%]"``, ...).
       image_size: output side length.
       data_dir: TFDS data dir (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
-      image_key: feature holding the image (``/`` for nested features).
+      image_key: feature holding the image (``/`` for nested features); None reads text only (the language
+        models' ``TfdsText``), and ``image_size`` is then ignored.
       caption_key: feature holding the caption text, or None to build the caption
         from ``label_key``'s class name.
       label_key: optional ``ClassLabel`` feature; adds ``"label"`` (int32).
@@ -171,7 +172,7 @@ class TfdsSource(SubstitutingReader):
         self,
         name: str,
         split: str,
-        image_size: int,
+        image_size: int | None,
         data_dir: str | os.PathLike | None = None,
         image_key: str = "image",
         caption_key: str | None = "caption",
@@ -181,7 +182,7 @@ class TfdsSource(SubstitutingReader):
     ):
         self.name = name
         self.split = split
-        self.image_size = check_image_size(image_size)
+        self.image_size = check_image_size(image_size) if image_key is not None else None
         self.data_dir = None if data_dir is None else os.fspath(data_dir)
         self.image_key = image_key
         self.caption_key = caption_key
@@ -299,8 +300,9 @@ class TfdsSource(SubstitutingReader):
             ex = ds[j]
         except Exception as e:  # TFDS failed to read/parse/decode this record
             raise UnreadableRecord(f"{type(e).__name__}: {e}") from e
-        image = decode_or_flag(_get_path(ex, self.image_key), self.image_size)
-        out: dict[str, Any] = {"image": image}
+        out: dict[str, Any] = {}
+        if self.image_key is not None:
+            out["image"] = decode_or_flag(_get_path(ex, self.image_key), self.image_size)
         label = None
         if self.label_key is not None:
             label = int(np.asarray(_get_path(ex, self.label_key)).reshape(()))

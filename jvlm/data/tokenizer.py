@@ -42,11 +42,11 @@ def train_sentencepiece(texts: Iterable[str], model_path: str, vocab_size: int =
         num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
         hard_vocab_limit=False, character_coverage=1.0, minloglevel=2)
     model_path = os.fspath(model_path)
-    _write_atomically(model_path, buffer.getvalue())
+    write_atomically(model_path, buffer.getvalue())
     return model_path
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
     """Concurrent processes may write the same model at the same time: each renames a whole file into place."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -152,39 +152,50 @@ def shapes_tokenizer(model_path: str, vocab_size: int = 512, num_captions: int =
 
     Making the 20,000 captions takes seconds of Python (each lays out its scene); with
     JVLM_CACHE_DIR set, the trained model is kept there and copied for later runs (see
-    `_cache_path`), which the test suite's many short runs use.
+    `cache_path`), which the test suite's many short runs use.
     """
-    if not os.path.exists(model_path):
-        cached = _cache_path(vocab_size, num_captions, seed, model_type)
-        if cached and os.path.exists(cached):
-            with open(cached, "rb") as f:
-                _write_atomically(model_path, f.read())
-        else:
-            from jvlm.data.shapes import ShapesSource
+    def train(path):
+        from jvlm.data.shapes import ShapesSource
 
-            source = ShapesSource("train", seed=seed, num_examples=max(num_captions, 1))
-            captions = (source.caption(i) for i in range(num_captions))
-            train_sentencepiece(captions, model_path, vocab_size=vocab_size, model_type=model_type)
-            if cached:
-                with open(model_path, "rb") as f:
-                    _write_atomically(cached, f.read())
+        source = ShapesSource("train", seed=seed, num_examples=max(num_captions, 1))
+        train_sentencepiece((source.caption(i) for i in range(num_captions)), path, vocab_size=vocab_size,
+                            model_type=model_type)
+
+    train_once(model_path, (vocab_size, num_captions, seed, model_type), train)
     return Tokenizer(model_path)
+
+
+def train_once(model_path: str, key, train, extra_sources=()) -> None:
+    """Makes `model_path` with `train(path)` unless it exists; with JVLM_CACHE_DIR set, a model trained with the
+    same `key` (and the same source files) is copied from the cache instead, and a new one is kept there."""
+    if os.path.exists(model_path):
+        return
+    cached = cache_path(key, extra_sources)
+    if cached and os.path.exists(cached):
+        with open(cached, "rb") as f:
+            write_atomically(model_path, f.read())
+        return
+    train(model_path)
+    if cached:
+        with open(model_path, "rb") as f:
+            write_atomically(cached, f.read())
 
 
 CACHE_DIR_ENV = "JVLM_CACHE_DIR"
 
 
-def _cache_path(*args) -> str | None:
-    """Where the shapes tokenizer trained with `args` is cached, or None without JVLM_CACHE_DIR. The key
+def cache_path(args, extra_sources=()) -> str | None:
+    """Where a shapes tokenizer trained with `args` is cached, or None without JVLM_CACHE_DIR. The key
     holds everything the model file depends on: the arguments, SentencePiece's version and the source of
-    the caption generator and of this trainer, so editing either never serves a stale model."""
+    the caption generator and of its trainer (this file and `extra_sources`), so editing either never serves a
+    stale model."""
     root = os.environ.get(CACHE_DIR_ENV)
     if not root:
         return None
     from jvlm.data import shapes, shapes_render
 
     digest = hashlib.sha256(repr((args, spm.__version__)).encode())
-    for source_file in (shapes.__file__, shapes_render.__file__, __file__):
+    for source_file in (shapes.__file__, shapes_render.__file__, __file__, *extra_sources):
         with open(source_file, "rb") as f:
             digest.update(f.read())
     return os.path.join(root, "tokenizers", f"shapes-{digest.hexdigest()[:24]}.model")

@@ -8,6 +8,7 @@ TASKS = {
     "contrastive": "jvlm.tasks.contrastive:ContrastiveTask",
     "diffusion": "jvlm.tasks.diffusion:DiffusionTask",
     "dvae": "jvlm.tasks.dvae:DVAETask",
+    "lm": "jvlm.tasks.lm:LMTask",
     "vae": "jvlm.tasks.vae:VAETask",
     "vqvae": "jvlm.tasks.vqvae:VQVAETask",
     "vqgan": "jvlm.tasks.vqgan:VQGANTask",

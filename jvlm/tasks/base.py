@@ -54,3 +54,15 @@ class Task(abc.ABC):
     def evaluate(self, state, mesh: Mesh) -> dict[str, float]:
         """Eval metrics named `eval/...`; default none."""
         return {}
+
+    # Sequence tasks: tokens in one example (the loop and the bench then report tokens/s and MFU).
+    tokens_per_example: int | None = None
+
+    def flops_per_token(self, params) -> float:
+        """The analytic training FLOPs per token (sequence tasks; jvlm.train.flops)."""
+        raise NotImplementedError(f"{type(self).__name__} reports no FLOPs per token")
+
+    def host_metrics(self, total: dict, window: dict) -> dict[str, float]:
+        """Logged figures from the loader's host-side counters (batch keys starting with '_'), summed since the
+        start of this process (`total`) and since the last log (`window`)."""
+        return {"data/truncated_texts": int(total.get("_truncated", 0))}

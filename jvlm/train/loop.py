@@ -196,13 +196,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if profile is not None and profile.start_step < 0:
         profile = None
     max_nonfinite = config.get("max_nonfinite_steps", 20)
-    last, truncated, t_log, step_log, paused = {}, 0, time.perf_counter(), start_step, 0.0
+    last, t_log, step_log, paused = {}, time.perf_counter(), start_step, 0.0
+    host_total, host_window = {}, {}  # the loader's host-side counters (batch keys starting with '_')
+    flops_per_example = None
+    if task.tokens_per_example:  # sequence tasks report tokens/s and MFU (jvlm.train.flops)
+        from jvlm.train.flops import device_peak
+        flops_per_example = task.flops_per_token(state.params) * task.tokens_per_example
+        peak = device_peak()[0]
     try:
         for step in range(start_step, config.total_steps):
             if profile is not None and step == profile.start_step:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             local, host = split_host_stats(next(loader))
-            truncated += int(np.sum(host.get("_truncated", 0)))
+            for k, v in host.items():
+                v = np.sum(v)
+                host_total[k], host_window[k] = host_total.get(k, 0) + v, host_window.get(k, 0) + v
             state, metrics = phases[max(s for s in phases if s <= step)](state, sharding.global_batch(local, mesh))
             done = step + 1
             if profile is not None and done == profile.start_step + profile.num_steps:
@@ -220,7 +228,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 row = {k: float(np.asarray(v)) for k, v in metrics.items()}
                 row["examples_per_s"] = rate
                 row["nonfinite_count"] = int(jax.device_get(state.nonfinite_count))
-                row["data/truncated_texts"] = truncated
+                row.update(task.host_metrics(host_total, host_window))
+                host_window = {}
+                if flops_per_example is not None:
+                    row["tokens_per_s"] = rate * task.tokens_per_example
+                    row["mfu"] = rate * flops_per_example / peak
                 progress.show(done, row, rate)
                 if row["nonfinite_count"] > max_nonfinite:
                     writer.write(done, row)
