@@ -60,6 +60,7 @@ def _apply_variant(c: ConfigDict, arg: str) -> None:
         tiny_run(c)
         c.data.seq_len = 64
         c.data.docs_per_row = 4
+        c.eval_every = 20  # one evaluation, at the end: it samples and fits the n-gram
         c.model.update(dict(width=32, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=64))
         c.eval.update(dict(num_docs=64, batch_size=16, ngram_docs=500, num_samples=32, max_new_tokens=24, show=2))
     elif arg == "peer":

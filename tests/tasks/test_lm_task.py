@@ -125,7 +125,7 @@ def test_sigkill_and_restart_of_a_packed_run_resumes_bitwise(lm_run, tmp_path):
     assert losses(tmp_path) == losses(ref_dir)
 
 
-def test_generate_command_and_language_model_api(lm_run):
+def test_generate_command_and_language_model_api(lm_run, capsys):
     from jvlm.eval.language_model import LanguageModel
     from jvlm.models.generation import Sampling
 
@@ -141,10 +141,12 @@ def test_generate_command_and_language_model_api(lm_run):
     texts = lm.generate(["a small red", "two"], max_new_tokens=6)
     assert texts[0] == lm.tokenizer.decode(greedy) and len(texts) == 2
 
-    out = run_cli(["experiments.generate", "--workdir", str(workdir), "--prompt", "a small red", "--max_new_tokens",
-                   "6"], env=devices_env(1)).stdout
+    from experiments import generate  # in process: the command's own main, without a second interpreter start
+
+    generate.main(["--workdir", str(workdir), "--prompt", "a small red", "--max_new_tokens", "6"])
+    out = capsys.readouterr().out
     assert f"-> a small red {texts[0]}".rstrip() in out
     report = json.loads(out.strip().splitlines()[-1])
     assert report["step"] == 20 and report["tokens_per_s"] > 0
-    bad = run_cli(["experiments.generate", "--workdir", str(workdir), "--top_p", "0"], check=False)
-    assert bad.returncode != 0 and "top_p" in bad.stderr
+    with pytest.raises(SystemExit, match="top_p"):
+        generate.main(["--workdir", str(workdir), "--top_p", "0"])
