@@ -163,14 +163,20 @@ class Mixture:
         return self.streams[self.source_of(i)][int(i)]["text"]
 
 
-def make_stream(data, split: str = "train") -> Callable[[int], str]:
-    """The configured document stream: `data.mixture` (entries with a "weight") if given, else the one source the
-    data section names."""
+def source_entries(data) -> list[dict]:
+    """The data section's sources as mixture entries: `data.mixture` if given, else its one source (weight 1)."""
     entries = [dict(e) for e in (data.get("mixture", ()) or ())]
     if not entries:
         entries = [{k: data.get(k) for k in ("source", "path", "text_key", "holdout_fraction", "tfds_name",
                                               "tfds_split", "tfds_eval_split", "tfds_data_dir") if k in data}]
         entries[0]["weight"] = 1.0
+    return entries
+
+
+def make_stream(data, split: str = "train") -> Callable[[int], str]:
+    """The configured document stream: `data.mixture` (entries with a "weight") if given, else the one source the
+    data section names."""
+    entries = source_entries(data)
     sources = [make_text_source(e, split, data.seed) for e in entries]
     if len(sources) == 1:
         stream = epoch_stream(sources[0], seed=data.seed)

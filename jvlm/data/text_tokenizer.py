@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from jvlm.data.tokenizer import train_once, write_atomically
+from jvlm.data.tokenizer import load_sentencepiece, train_once, write_atomically
 
 # The reserved tokens, in id order: named ones first, then fillers, 64 in all.
 NAMED_SPECIALS = ("<image>", "<boi>", "<eoi>", "<system>", "<user>", "<assistant>", "<end_of_turn>", "<sep>")
@@ -90,11 +90,7 @@ class SentencePieceTokenizer(TextTokenizer):
             self._load(f.read())
 
     def _load(self, proto: bytes) -> None:
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.LoadFromSerializedProto(proto)
-        except (RuntimeError, OSError) as e:
-            raise ValueError(f"{self.path!r} is not a SentencePiece model ({e})") from None
+        sp = load_sentencepiece(proto, self.path)
         self._proto, self._sp = proto, sp
         self.vocab_size = sp.get_piece_size()
         self.bos_id, self.eos_id, self.unk_id = sp.bos_id(), sp.eos_id(), sp.unk_id()

@@ -70,11 +70,7 @@ class Tokenizer:
         self._load(proto)
 
     def _load(self, proto: bytes) -> None:
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.LoadFromSerializedProto(proto)
-        except (RuntimeError, OSError) as e:
-            raise ValueError(f"{self.model_path!r} is not a valid SentencePiece model ({e})") from None
+        sp = load_sentencepiece(proto, self.model_path)
         if sp.pad_id() != PAD_ID or sp.eos_id() != EOS_ID:
             raise ValueError(f"{self.model_path!r} has pad_id={sp.pad_id()}, eos_id={sp.eos_id()}; "
                              f"expected pad_id={PAD_ID}, eos_id={EOS_ID} (train with train_sentencepiece)")
@@ -163,6 +159,16 @@ def shapes_tokenizer(model_path: str, vocab_size: int = 512, num_captions: int =
 
     train_once(model_path, (vocab_size, num_captions, seed, model_type), train)
     return Tokenizer(model_path)
+
+
+def load_sentencepiece(proto: bytes, path: str) -> spm.SentencePieceProcessor:
+    """A processor from a serialized SentencePiece model; a ValueError naming `path` if it is not one."""
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(proto)
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"{path!r} is not a valid SentencePiece model ({e})") from None
+    return sp
 
 
 def train_once(model_path: str, key, train, extra_sources=()) -> None:

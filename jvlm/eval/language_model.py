@@ -70,7 +70,6 @@ class LanguageModel:
         stops = tuple(stop_ids) if stop_ids is not None else (self.tokenizer.eos_id,)
         s = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                      stop_ids=stops, pad_id=self.tokenizer.pad_id)
-        s.check()
         ids = self.generate_ids([self.encode(p) for p in prompts], s, seed)
         return [self.tokenizer.decode([t for t in row if t not in stops]) for row in ids]
 

@@ -23,6 +23,7 @@ from flax import linen as nn
 from jvlm.models import masks
 from jvlm.models.norms import Norm
 from jvlm.models.transformer import Transformer, TransformerSpec, constrain
+from jvlm.objectives.lm import project
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +94,7 @@ class DecoderLM(nn.Module):
     def logits(self, hidden):
         """Float32 logits of hidden states [..., D] (for decoding and small batches; training never forms all of
         them: jvlm.objectives.lm)."""
-        out = jnp.einsum("...d,dv->...v", hidden, self.head_matrix().astype(hidden.dtype),
-                         preferred_element_type=jnp.float32)
-        c = self.spec.final_softcap
-        return c * jnp.tanh(out / c) if c else out
+        return project(hidden, self.head_matrix(), self.spec.final_softcap)
 
 
 def init_cache(spec: LMSpec, batch: int, length: int, dtype=jnp.float32) -> dict[str, Any]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+import os
+import tempfile
+from typing import Any, Callable
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from jvlm.config import ConfigError
 from jvlm.data.pipeline import StepIndexedLoader
 from jvlm.train.step import ParamGroup
 
@@ -66,3 +70,20 @@ class Task(abc.ABC):
         """Logged figures from the loader's host-side counters (batch keys starting with '_'), summed since the
         start of this process (`total`) and since the last log (`window`)."""
         return {"data/truncated_texts": int(total.get("_truncated", 0))}
+
+    def setup_tokenizer(self, load: Callable[[str], Any], train: Callable[[str], Any]):
+        """`load(path)` of config.data.tokenizer, else of WORKDIR/tokenizer.model, which process 0 first makes with
+        `train(path)` if it does not exist (the file pins the tokenizer for resumed runs; without a workdir, e.g. in
+        a notebook, it goes to a fresh temporary directory). Refused if it holds more ids than data.vocab_size."""
+        d = self.config.data
+        path = d.tokenizer
+        if not path:
+            path = os.path.join(self.workdir or tempfile.mkdtemp(prefix="jvlm_tokenizer_"), "tokenizer.model")
+            if jax.process_index() == 0 and not os.path.exists(path):
+                train(path)
+            multihost_utils.sync_global_devices("jvlm_tokenizer")
+        tokenizer = load(path)
+        if tokenizer.vocab_size > d.vocab_size:
+            raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but config.data.vocab_size="
+                              f"{d.vocab_size}; raise data.vocab_size to at least {tokenizer.vocab_size}.")
+        return tokenizer

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jvlm import sharding
 from jvlm.config import ConfigError, check_choice, check_data_source
@@ -78,21 +76,15 @@ class ContrastiveTask(Task):
 
     def setup(self) -> None:
         d = self.config.data
-        if d.tokenizer:
-            self.tokenizer = Tokenizer(d.tokenizer)
-        else:  # train on the captions once; the file in the workdir pins it for resumed runs
-            path = os.path.join(self.workdir, "tokenizer.model")
-            if jax.process_index() == 0 and d.source == "shapes":
+
+        def train(path):  # on the captions, once
+            if d.source == "shapes":
                 shapes_tokenizer(path, vocab_size=d.vocab_size, seed=d.seed)
-            elif jax.process_index() == 0 and not os.path.exists(path):
+            else:
                 src = self._source("train")
                 captions = (src[i]["caption"] for i in range(min(len(src), 20_000)))
                 train_sentencepiece(captions, path, vocab_size=d.vocab_size, model_type="bpe")
-            multihost_utils.sync_global_devices("jvlm_tokenizer")
-            self.tokenizer = Tokenizer(path)
-        if self.tokenizer.vocab_size > d.vocab_size:
-            raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but config.data.vocab_size="
-                              f"{d.vocab_size}; raise data.vocab_size to at least {self.tokenizer.vocab_size}.")
+        self.tokenizer = self.setup_tokenizer(Tokenizer, train)
 
     @property
     def model(self) -> TwoTower:

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jvlm import sharding
 from jvlm.config import ConfigError, check_choice, check_data_source
@@ -162,16 +160,8 @@ class DiffusionTask(Task):
             print(f"[diffusion] prompt model: the frozen text tower of {c.model.text.run} "
                   f"(width {self.text_encoder.width})", flush=True)
         elif c.conditioning.kind == "text":
-            # Without a workdir (a notebook, a test) the trained tokenizer goes to a fresh temporary directory.
-            path = c.data.tokenizer or os.path.join(self.workdir or tempfile.mkdtemp(prefix="jvlm_tokenizer_"),
-                                                    "tokenizer.model")
-            if not c.data.tokenizer and jax.process_index() == 0:
-                shapes_tokenizer(path, vocab_size=c.data.vocab_size, seed=c.data.seed)
-            multihost_utils.sync_global_devices("jvlm_tokenizer")
-            self.tokenizer = Tokenizer(path)
-            if self.tokenizer.vocab_size > c.data.vocab_size:
-                raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but config.data.vocab_size="
-                                  f"{c.data.vocab_size}; raise data.vocab_size to at least {self.tokenizer.vocab_size}.")
+            self.tokenizer = self.setup_tokenizer(Tokenizer, lambda path: shapes_tokenizer(
+                path, vocab_size=c.data.vocab_size, seed=c.data.seed))
         self.codec = None
         if c.latent.run:
             from jvlm.eval.latent_codec import LatentCodec

@@ -21,15 +21,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jvlm import sharding
-from jvlm.config import ConfigError, check_choice, check_data_source
+from jvlm.config import ConfigError, check_choice
 from jvlm.data import shapes
 from jvlm.data.packing import PACK_STATS, pack_row, packed_row_fn, packing_metrics
 from jvlm.data.pipeline import StepRowLoader
 from jvlm.data.shapes_grammar import parse
-from jvlm.data.text_sources import TEXT_SOURCES, make_stream
+from jvlm.data.text_sources import TEXT_SOURCES, make_stream, source_entries
 from jvlm.data.text_tokenizer import load_text_tokenizer, shapes_lm_tokenizer, train_lm_sentencepiece
 from jvlm.eval.ngram import fit_add_k
 from jvlm.models.decoder_lm import DecoderLM, LMSpec
@@ -107,8 +106,7 @@ class LMTask(Task):
             raise ConfigError(f"config.data.seq_len={d.seq_len}: a row needs at least 2 tokens.")
         if d.docs_per_row < 1:
             raise ConfigError(f"config.data.docs_per_row={d.docs_per_row} must be >= 1 (documents packed per row).")
-        entries = list(d.get("mixture", ()) or ()) or [d]
-        for i, e in enumerate(entries):
+        for i, e in enumerate(source_entries(d)):
             where = f"config.data.mixture[{i}]" if d.get("mixture") else "config.data"
             source = e.get("source", "shapes")
             if source not in TEXT_SOURCES:
@@ -119,8 +117,6 @@ class LMTask(Task):
                 raise ConfigError(f"{where}.source='tfds' needs tfds_name (a prepared tensorflow-datasets dataset).")
             if d.get("mixture") and not (isinstance(e.get("weight"), (int, float)) and e["weight"] >= 0):
                 raise ConfigError(f"{where} needs a weight >= 0.")
-        if not d.get("mixture"):
-            check_data_source(c, TEXT_SOURCES, "the lm task")
         check_choice("model.dtype", m.get("dtype", "float32"), ("float32", "bfloat16", "float16"))
         dp = sharding.data_parallel_size(self.mesh.shape) if self.mesh is not None else 1
         if c.eval.batch_size % dp or c.eval.num_samples % dp:
@@ -129,27 +125,18 @@ class LMTask(Task):
 
     def setup(self) -> None:
         d = self.config.data
-        if d.tokenizer:
-            self.tokenizer = load_text_tokenizer(d.tokenizer)
-        else:  # trained once on the training text; the file in the workdir pins it for resumed runs
-            path = os.path.join(self.workdir, "tokenizer.model")
-            if jax.process_index() == 0:
-                if self._shapes_only:
-                    shapes_lm_tokenizer(path, d.vocab_size, seed=d.seed)
-                elif not os.path.exists(path):
-                    stream = make_stream(d, "train")
-                    train_lm_sentencepiece((stream(i) for i in range(20_000)), path, d.vocab_size)
-            multihost_utils.sync_global_devices("jvlm_lm_tokenizer")
-            self.tokenizer = load_text_tokenizer(path)
-        if self.tokenizer.vocab_size > d.vocab_size:
-            raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but config.data.vocab_size="
-                              f"{d.vocab_size}; raise data.vocab_size to at least {self.tokenizer.vocab_size}.")
+
+        def train(path):  # on the training text, once
+            if self._shapes_only:
+                shapes_lm_tokenizer(path, d.vocab_size, seed=d.seed)
+            else:
+                stream = make_stream(d, "train")
+                train_lm_sentencepiece((stream(i) for i in range(20_000)), path, d.vocab_size)
+        self.tokenizer = self.setup_tokenizer(load_text_tokenizer, train)
 
     @property
     def _shapes_only(self) -> bool:
-        d = self.config.data
-        entries = list(d.get("mixture", ()) or ()) or [d]
-        return all(e.get("source", "shapes") == "shapes" for e in entries)
+        return all(e.get("source", "shapes") == "shapes" for e in source_entries(self.config.data))
 
     # ------------------------------------------------------------------ training
     def init(self, rng):
@@ -203,23 +190,24 @@ class LMTask(Task):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_data(self):
-        """(held-out documents, n-gram baseline, reference colour x shape distribution): built once."""
+        """(held-out documents, n-gram baseline, reference colour x shape distribution, its noise floor): built
+        once."""
         if getattr(self, "_eval_cache", None) is None:
             e = self.config.eval
             held = make_stream(self.config.data, "validation")
             docs = [self.encode(held(i)) for i in range(e.num_docs)]
             train = make_stream(self.config.data, "train")
             # n-gram counts from the start of the training stream, its k tuned on text after them
-            fit = [self.encode(train(i)) for i in range(e.ngram_docs)]
+            fit_texts = [train(i) for i in range(e.ngram_docs)]
             tune = [self.encode(train(e.ngram_docs + i)) for i in range(2000)]
-            ngram = fit_add_k(fit, tune, e.ngram_order, self.tokenizer.vocab_size)
-            reference = None
+            ngram = fit_add_k([self.encode(t) for t in fit_texts], tune, e.ngram_order, self.tokenizer.vocab_size)
+            reference = floor = None
             if self._shapes_only:
-                reference = object_distribution(train(i) for i in range(e.ngram_docs))[0]
+                reference = object_distribution(fit_texts)[0]
                 # the noise floor: as many real captions as samples, from training text the reference did not use
-                floor = object_distribution(train(e.ngram_docs + 2000 + i) for i in range(e.num_samples))[0]
-                self._tv_floor = 0.5 * float(np.abs(floor - reference).sum())
-            self._eval_cache = (docs, ngram, reference)
+                real = object_distribution(train(e.ngram_docs + 2000 + i) for i in range(e.num_samples))[0]
+                floor = 0.5 * float(np.abs(real - reference).sum())
+            self._eval_cache = (docs, ngram, reference, floor)
         return self._eval_cache
 
     def _nll_fn(self):
@@ -262,7 +250,7 @@ class LMTask(Task):
     def evaluate(self, state, mesh) -> dict[str, Any]:
         c, e = self.config, self.config.eval
         params = (state.ema_params or state.params)["main"]
-        docs, ngram, reference = self._eval_data()
+        docs, ngram, reference, floor = self._eval_data()
         nll, accuracy = self.heldout_nll(params, mesh, docs)
         ngram_total, ngram_n = ngram.nll(docs)
         out = {"eval/nll": nll, "eval/token_accuracy": accuracy, "eval/ngram_nll": ngram_total / ngram_n,
@@ -278,7 +266,7 @@ class LMTask(Task):
             sampled, named = object_distribution(texts)
             # no object named at all is as far from the data as a distribution can be
             out["eval/color_shape_tv"] = 0.5 * float(np.abs(sampled - reference).sum()) if named else 1.0
-            out["eval/color_shape_tv_floor"] = self._tv_floor
+            out["eval/color_shape_tv_floor"] = floor
             unseen = set(shapes.unseen_class_indices())
             out["eval/unseen_combination_rate"] = float(sum(sampled[i] for i in unseen))
         elif not getattr(self, "_said_no_parse", False):
